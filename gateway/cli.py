@@ -1,0 +1,119 @@
+"""Command line: ``gateway serve``, ``gateway check``, ``gateway demo`` (CONTRACT.md §1)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from gateway.settings import Settings, SettingsError, load_settings
+
+EXIT_BAD_CONFIG = 2
+
+
+def _config_path(flag: str | None) -> Path:
+    return Path(flag or os.environ.get("GATEWAY_CONFIG") or "gateway.toml")
+
+
+def _load(flag: str | None) -> Settings | None:
+    path = _config_path(flag)
+    try:
+        return load_settings(path)
+    except SettingsError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return None
+
+
+def summary(settings: Settings) -> str:
+    """What ``gateway check`` prints: upstream, auth endpoints, routes in match order."""
+    a = settings.auth
+    lines = [
+        f"upstream: {settings.upstream.url}",
+        f"auth: {settings.auth_url} (scheme {a.scheme})",
+        f"  validate: {a.validate.method.upper()} {a.validate.path}",
+        f"  refresh:  POST {a.refresh.path} (send {a.refresh.send})",
+    ]
+    if a.login.path:
+        lines.append(f"  login:    POST {a.login.path}")
+    if a.logout.path:
+        lines.append(f"  logout:   POST {a.logout.path}")
+    if settings.guest.enabled:
+        lines.append(f"guest: {settings.guest.mode} mode")
+    lines.append("routes (first match wins):")
+    for index, route in enumerate((*settings.routes, settings.default_route)):
+        label = f"  [{index}]" if index < len(settings.routes) else "  default"
+        methods = ",".join(route.methods) or "any"
+        roles = f" roles={','.join(route.roles)}" if route.roles else ""
+        lines.append(f"{label} {route.match} {methods} -> {route.access}{roles}"
+                     f" (unauthenticated: {route.unauthenticated})")
+    lines.append(f"state: {settings.state.backend}; audit: {settings.audit.sink}")
+    return "\n".join(lines)
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    settings = _load(args.config)
+    if settings is None:
+        return EXIT_BAD_CONFIG
+    print(f"{_config_path(args.config)}: ok")
+    print(summary(settings))
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    path = _config_path(args.config)
+    settings = _load(args.config)
+    if settings is None:
+        return EXIT_BAD_CONFIG
+    host = args.host or settings.server.host
+    port = args.port if args.port is not None else settings.server.port
+    workers = args.workers or settings.server.workers
+    os.environ["GATEWAY_CONFIG"] = str(path.resolve())
+    uvicorn.run(
+        "gateway.asgi:app",
+        host=host,
+        port=port,
+        workers=workers,
+        proxy_headers=False,  # X-Forwarded-* trust is the gateway's own decision
+        log_level="info",
+        lifespan="on",
+    )
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from gateway.demo.run import run_demo
+
+    return run_demo(port=args.port)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gateway", description="A reverse proxy that owns the login session.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the gateway")
+    serve.add_argument("--config", help="config file (default: $GATEWAY_CONFIG or ./gateway.toml)")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--workers", type=int)
+    serve.set_defaults(func=_cmd_serve)
+
+    check = commands.add_parser("check", help="validate a config and print a summary")
+    check.add_argument("--config", help="config file (default: $GATEWAY_CONFIG or ./gateway.toml)")
+    check.set_defaults(func=_cmd_check)
+
+    demo = commands.add_parser("demo", help="the reference backend with the gateway in front")
+    demo.add_argument("--port", type=int, default=8080)
+    demo.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    result: int = args.func(args)
+    return result

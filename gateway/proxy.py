@@ -1,0 +1,322 @@
+"""The streaming forwarder: request headers in, bodies both ways, upstream errors out.
+
+One :class:`Upstream` (an aiohttp session with a bounded pool, no cookie jar, no headers of
+its own, no decompression) is shared by every request. Bodies are streamed both ways; the
+response to a client that goes away is abandoned and its upstream connection closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import re
+from collections.abc import AsyncIterator, Iterable
+from urllib.parse import urlsplit
+
+import aiohttp
+import anyio
+from multidict import CIMultiDict
+from yarl import URL
+
+from gateway.responses import send_error
+from gateway.settings import UpstreamSettings
+from gateway.types import Headers, Receive, Scope, Send
+
+HOP_BY_HOP = frozenset({
+    b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization",
+    b"proxy-connection", b"te", b"trailer", b"transfer-encoding", b"upgrade",
+})
+_FORWARDED = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host",
+                        b"forwarded"})
+# Upstream headers the serving ASGI server writes itself (nginx drops them the same way).
+_SERVER_OWNED = frozenset({b"server", b"date"})
+# Request headers the gateway always sets itself (Authorization only for a valid session).
+_GATEWAY_OWNED = frozenset({b"x-request-id", b"authorization"})
+_SMALL_BODY = 256 * 1024
+_CHUNK = 64 * 1024
+_UNSAFE_QUERY_BYTE = re.compile(rb"[^\x21-\x7e]")
+
+
+class ClientDisconnect(Exception):
+    """The client went away while we were reading its request body."""
+
+
+def is_identity_header(name: bytes) -> bool:
+    """Headers only the gateway may set: ``x-auth-*`` and ``x-refreshed-token``, any spelling."""
+    name = name.lower().replace(b"_", b"-")
+    return name.startswith(b"x-auth-") or name == b"x-refreshed-token"
+
+
+def _connection_listed(headers: Iterable[tuple[bytes, bytes]]) -> set[bytes]:
+    listed: set[bytes] = set()
+    for name, value in headers:
+        if name.lower() == b"connection":
+            listed.update(v.strip().lower() for v in value.split(b",") if v.strip())
+    return listed
+
+
+class TrustedProxies:
+    """Peers whose ``X-Forwarded-*`` headers are believed (``server.trusted_proxies``)."""
+
+    def __init__(self, networks: Iterable[str]) -> None:
+        self._networks = [ipaddress.ip_network(n, strict=False) for n in networks]
+
+    def __contains__(self, address: str) -> bool:
+        if not self._networks:
+            return False
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in network for network in self._networks)
+
+    def client_ip(self, peer: str, forwarded_for: bytes | None) -> str:
+        """The address of the real client: walk ``X-Forwarded-For`` right to left past
+        trusted hops; an untrusted peer's header is ignored."""
+        if forwarded_for is None or peer not in self:
+            return peer
+        hops = [h.strip().decode("latin-1") for h in forwarded_for.split(b",") if h.strip()]
+        for hop in reversed(hops):
+            if hop not in self:
+                return hop
+        return hops[0] if hops else peer
+
+
+def upstream_request_headers(
+    scope: Scope, *, client_ip: str, request_id: str, trusted: TrustedProxies
+) -> list[tuple[bytes, bytes]]:
+    """The client's headers as the upstream may see them.
+
+    Drops hop-by-hop headers and any named in ``Connection``, ``Host`` (the upstream's own is
+    used), ``Authorization`` and the identity headers (only the gateway sets those, from its own
+    validation), and ``X-Forwarded-*`` unless the peer is trusted; then (re)builds
+    ``X-Forwarded-For/-Proto/-Host`` and ``x-request-id``.
+    """
+    raw: list[tuple[bytes, bytes]] = scope["headers"]
+    listed = _connection_listed(raw)
+    peer = scope["client"][0] if scope.get("client") else ""
+    peer_trusted = peer in trusted
+    kept: list[tuple[bytes, bytes]] = []
+    host = b""
+    prior_for = b""
+    proto = scope.get("scheme", "http").encode("latin-1")
+    forwarded_host = b""
+    for name, value in raw:
+        if name == b"host":
+            host = value
+            continue
+        if name in HOP_BY_HOP or name in listed or name in _GATEWAY_OWNED:
+            continue
+        if name in _FORWARDED:
+            if peer_trusted:
+                if name == b"x-forwarded-for":
+                    prior_for = value if not prior_for else prior_for + b", " + value
+                elif name == b"x-forwarded-proto":
+                    proto = value
+                elif name == b"x-forwarded-host":
+                    forwarded_host = value
+            continue
+        if is_identity_header(name):
+            continue
+        kept.append((name, value))
+    xff = (prior_for + b", " + peer.encode("latin-1")) if prior_for else peer.encode("latin-1")
+    kept.append((b"x-forwarded-for", xff))
+    kept.append((b"x-forwarded-proto", proto))
+    if forwarded_host or host:
+        kept.append((b"x-forwarded-host", forwarded_host or host))
+    kept.append((b"x-request-id", request_id.encode("latin-1")))
+    return kept
+
+
+def response_headers(raw: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """Upstream response headers minus hop-by-hop ones; each ``Set-Cookie`` stays its own."""
+    raw = list(raw)
+    listed = _connection_listed(raw)
+    out: list[tuple[bytes, bytes]] = []
+    for name, value in raw:
+        lower = name.lower()
+        if lower in HOP_BY_HOP or lower in listed or lower in _SERVER_OWNED:
+            continue
+        if lower == b"x-request-id":
+            continue
+        out.append((lower, value))
+    return out
+
+
+def _has_body(scope: Scope) -> bool:
+    for name, value in scope["headers"]:
+        if name == b"transfer-encoding" or (name == b"content-length" and value.strip() != b"0"):
+            return True
+    return False
+
+
+class _RequestBody:
+    """The client's body as an async iterator of chunks, read from ASGI ``receive``."""
+
+    def __init__(self, receive: Receive, has_body: bool) -> None:
+        self._receive = receive
+        self.done = not has_body
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        while not self.done:
+            message = await self._receive()
+            if message["type"] == "http.disconnect":
+                raise ClientDisconnect()
+            self.done = not message.get("more_body", False)
+            chunk = message.get("body", b"")
+            if chunk:
+                yield chunk
+
+
+async def _wait_for_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+class Upstream:
+    """The shared client toward the upstream app, and the forwarding of one request."""
+
+    def __init__(self, settings: UpstreamSettings) -> None:
+        parts = urlsplit(settings.url)
+        self._origin = f"{parts.scheme}://{parts.netloc}"
+        self._base_path = parts.path.rstrip("/")
+        self._settings = settings
+        self._session: aiohttp.ClientSession | None = None
+        self._slots: asyncio.Semaphore | None = None
+
+    async def start(self) -> None:
+        s = self._settings
+        connector = aiohttp.TCPConnector(limit=s.max_connections, limit_per_host=0,
+                                         enable_cleanup_closed=True)
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept"),
+            auto_decompress=False,
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=s.connect_timeout_s,
+                                          sock_read=s.read_timeout_s),
+            read_bufsize=_CHUNK,
+        )
+        self._slots = asyncio.Semaphore(s.max_connections)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def url(self, path: str, query: bytes) -> URL:
+        target = self._origin + self._base_path + path
+        if query:
+            target += "?" + _UNSAFE_QUERY_BYTE.sub(
+                lambda m: b"%%%02X" % m.group(0)[0], query).decode("ascii")
+        return URL(target, encoded=True)
+
+    async def _acquire(self) -> bool:
+        assert self._slots is not None, "Upstream.start() was not awaited"
+        if not self._slots.locked():
+            await self._slots.acquire()
+            return True
+        try:
+            await asyncio.wait_for(self._slots.acquire(), self._settings.connect_timeout_s)
+        except TimeoutError:
+            return False
+        return True
+
+    async def forward(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        *,
+        path: str,
+        headers: Headers,
+        extra_response_headers: Headers = (),
+    ) -> None:
+        """Send the request upstream and stream the answer back to the client."""
+        assert self._session is not None and self._slots is not None
+        head = scope["method"] == "HEAD"
+        own = [*extra_response_headers]
+        if not await self._acquire():
+            await send_error(send, 503, "upstream_busy",
+                             "The upstream connection pool is exhausted; try again shortly.",
+                             [*own, (b"retry-after", b"1")], head=head)
+            return
+        try:
+            body = _RequestBody(receive, _has_body(scope))
+            try:
+                response = await self._session.request(
+                    scope["method"],
+                    self.url(path, scope.get("query_string", b"")),
+                    headers=_multidict(headers),
+                    data=None if body.done else body.__aiter__(),
+                    allow_redirects=False,
+                    compress=None,
+                )
+            except ClientDisconnect:
+                return
+            except aiohttp.SocketTimeoutError:
+                await send_error(send, 504, "upstream_timeout",
+                                 "The upstream did not answer in time.", own, head=head)
+                return
+            except (aiohttp.ClientError, OSError):
+                await send_error(send, 502, "upstream_unreachable",
+                                 "The upstream could not be reached.", own, head=head)
+                return
+            try:
+                await self._relay(response, send, receive, body, own)
+            finally:
+                response.close()
+        finally:
+            self._slots.release()
+
+    async def _relay(
+        self,
+        response: aiohttp.ClientResponse,
+        send: Send,
+        receive: Receive,
+        body: _RequestBody,
+        own: list[tuple[bytes, bytes]],
+    ) -> None:
+        headers = response_headers(response.raw_headers)
+        headers.extend(own)
+        length = response.content_length
+        if length is not None and length <= _SMALL_BODY:
+            try:
+                payload = await response.read()
+            except (aiohttp.ClientError, OSError, TimeoutError):
+                await send_error(send, 502, "upstream_error",
+                                 "The upstream response was cut short.", own)
+                return
+            await send({"type": "http.response.start", "status": response.status,
+                        "headers": headers})
+            await send({"type": "http.response.body", "body": payload})
+            return
+        await send({"type": "http.response.start", "status": response.status,
+                    "headers": headers})
+        if not body.done:  # the upstream answered before reading all of the request body
+            await self._pump(response, send)
+            return
+        async with anyio.create_task_group() as group:
+
+            async def watch() -> None:
+                await _wait_for_disconnect(receive)
+                group.cancel_scope.cancel()
+
+            group.start_soon(watch)
+            await self._pump(response, send)
+            group.cancel_scope.cancel()
+
+    @staticmethod
+    async def _pump(response: aiohttp.ClientResponse, send: Send) -> None:
+        try:
+            async for chunk in response.content.iter_chunked(_CHUNK):
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except (aiohttp.ClientError, OSError, TimeoutError):
+            # Headers are gone already: end without completing the body, so the server
+            # closes the connection and the client sees a truncated response, not a whole one.
+            return
+        await send({"type": "http.response.body", "body": b""})
+
+
+def _multidict(headers: Headers) -> CIMultiDict[str]:
+    return CIMultiDict((k.decode("latin-1"), v.decode("latin-1")) for k, v in headers)

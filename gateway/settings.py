@@ -1,0 +1,534 @@
+"""TOML configuration -> frozen, typed settings.
+
+Every key of CONTRACT.md §2 is a field below, with the default shown there. Loading is strict:
+an unknown key, a wrong type or a bad value is a problem that names its key
+(``routes[2].access: must be one of public, guest, user``), and all problems of a file are
+reported together in one :class:`SettingsError`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+from gateway.routes import InvalidGlob, Route, compile_glob
+
+ACCESS_LEVELS = ("public", "guest", "user")
+UNAUTHENTICATED_FORMS = ("auto", "redirect", "401")
+SEND_STYLES = ("access_header", "refresh_body", "refresh_cookie")
+SAME_SITE = ("lax", "strict", "none")
+GUEST_MODES = ("backend", "local")
+STATE_BACKENDS = ("memory", "redis")
+
+
+class SettingsError(Exception):
+    """A configuration that cannot be used; ``problems`` has one line per bad key."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    workers: int = 1
+    reserved_prefix: str = "/__gateway"
+    # Peers (IPs or CIDR networks) whose X-Forwarded-* headers are believed. Not in
+    # CONTRACT.md §2 yet: without it, client copies are always replaced (the safe default).
+    trusted_proxies: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class UpstreamSettings:
+    url: str = "http://127.0.0.1:8000"
+    connect_timeout_s: float = 5.0
+    read_timeout_s: float = 30.0
+    max_connections: int = 256
+
+
+@dataclass(frozen=True)
+class ValidateSettings:
+    path: str = "/auth/me"
+    method: str = "GET"
+    user_path: str = "data"
+    id_field: str = "id"
+    roles_field: str = "roles"
+
+
+@dataclass(frozen=True)
+class RefreshSettings:
+    path: str = "/auth/refresh"
+    send: str = "access_header"
+    body_field: str = "refresh"
+    access_path: str = "data.accessToken"
+    refresh_path: str = "data.refreshToken"
+    proactive_s: float = 0.0
+    clock_skew_s: float = 30.0
+    grace_s: float = 30.0
+
+
+@dataclass(frozen=True)
+class LoginCaptureSettings:
+    path: str = ""
+    access_path: str = "data.accessToken"
+    refresh_path: str = "data.refreshToken"
+    strip_tokens: bool = True
+
+
+@dataclass(frozen=True)
+class LogoutSettings:
+    path: str = ""
+    send: str = "refresh_body"
+    body_field: str = "refresh"
+    backend_path: str = ""
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    url: str = ""
+    scheme: str = "Bearer"
+    cache_ttl_s: float = 2.0
+    cache_max_entries: int = 100_000
+    retries: int = 2
+    retry_backoff_s: float = 0.1
+    validate: ValidateSettings = field(default_factory=ValidateSettings)
+    refresh: RefreshSettings = field(default_factory=RefreshSettings)
+    login: LoginCaptureSettings = field(default_factory=LoginCaptureSettings)
+    logout: LogoutSettings = field(default_factory=LogoutSettings)
+
+
+@dataclass(frozen=True)
+class GuestSettings:
+    enabled: bool = False
+    mode: str = "backend"
+    path: str = "/auth/guest"
+    token_path: str = "data.accessToken"
+    username: str = ""
+    password_env: str = ""
+    secret_env: str = "GATEWAY_GUEST_SECRET"
+    ttl_s: float = 3600.0
+
+
+@dataclass(frozen=True)
+class CookieSettings:
+    access: str = "userToken"
+    refresh: str = "refreshToken"
+    guest: str = "guestToken"
+    path: str = "/"
+    domain: str = ""
+    secure: bool = True
+    http_only: bool = True
+    same_site: str = "lax"
+    access_max_age_s: int = 604_800
+    refresh_max_age_s: int = 604_800
+    guest_max_age_s: int = 3600
+
+
+@dataclass(frozen=True)
+class LoginRedirectSettings:
+    url: str = "/login"
+    return_param: str = "next"
+
+
+@dataclass(frozen=True)
+class RouteSettings:
+    match: str = ""
+    access: str = "public"
+    methods: tuple[str, ...] = ()
+    roles: tuple[str, ...] = ()
+    unauthenticated: str = "auto"
+
+
+@dataclass(frozen=True)
+class DefaultRouteSettings:
+    access: str = "user"
+    unauthenticated: str = "auto"
+
+
+@dataclass(frozen=True)
+class AuditSettings:
+    sink: str = "stdout"
+
+
+@dataclass(frozen=True)
+class CorsSettings:
+    allow_origins: tuple[str, ...] = ()
+    allow_credentials: bool = True
+    allow_methods: tuple[str, ...] = ("GET", "POST", "PUT", "PATCH", "DELETE")
+    allow_headers: tuple[str, ...] = ("authorization", "content-type", "x-requested-with")
+    expose_headers: tuple[str, ...] = ("x-refreshed-token", "x-request-id")
+    max_age_s: int = 600
+
+
+@dataclass(frozen=True)
+class StateSettings:
+    backend: str = "memory"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    key_env: str = "GATEWAY_STATE_KEY"
+
+
+@dataclass(frozen=True)
+class Settings:
+    server: ServerSettings = field(default_factory=ServerSettings)
+    upstream: UpstreamSettings = field(default_factory=UpstreamSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    guest: GuestSettings = field(default_factory=GuestSettings)
+    cookies: CookieSettings = field(default_factory=CookieSettings)
+    login: LoginRedirectSettings = field(default_factory=LoginRedirectSettings)
+    routes: tuple[Route, ...] = ()
+    default_route: Route = field(
+        default_factory=lambda: Route(match="/**", access="user", methods=(), roles=(),
+                                      unauthenticated="auto")
+    )
+    audit: AuditSettings = field(default_factory=AuditSettings)
+    cors: CorsSettings | None = None
+    state: StateSettings = field(default_factory=StateSettings)
+
+    @property
+    def auth_url(self) -> str:
+        """Base URL of the auth endpoints (``auth.url``, else ``upstream.url``)."""
+        return (self.auth.url or self.upstream.url).rstrip("/")
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_settings(path: str | os.PathLike[str]) -> Settings:
+    """Read and validate a TOML file; raises :class:`SettingsError`."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SettingsError([f"{path}: cannot read config file ({exc.strerror})"]) from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError([f"{path}: not valid TOML ({exc})"]) from None
+    return settings_from_mapping(data)
+
+
+def settings_from_mapping(data: Mapping[str, Any]) -> Settings:
+    """Validate an already-parsed TOML document; raises :class:`SettingsError`."""
+    problems: list[str] = []
+    sections = dict(data)
+    raw_routes = sections.pop("routes", [])
+    raw_default = sections.pop("default_route", {})
+    raw_cors = sections.pop("cors", None)
+    if "upstream" not in sections or "url" not in _as_dict(sections.get("upstream")):
+        problems.append("upstream.url: required")
+
+    base = _build(Settings, sections, "", problems)
+    routes = _build_routes(raw_routes, problems)
+    default_route = _build_default_route(raw_default, problems)
+    cors = None
+    if raw_cors is not None:
+        cors = _build(CorsSettings, raw_cors, "cors", problems)
+    settings = dataclasses.replace(base, routes=routes, default_route=default_route, cors=cors)
+    _check(settings, problems)
+    if problems:
+        raise SettingsError(problems)
+    return settings
+
+
+def _as_dict(value: object) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+_T = TypeVar("_T")
+
+
+def _build(
+    cls: type[_T],
+    data: object,
+    prefix: str,
+    problems: list[str],
+) -> _T:
+    """Build dataclass ``cls`` from a TOML table, type-checking each key."""
+    if not isinstance(data, dict):
+        problems.append(f"{prefix}: must be a table")
+        return cls()
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}.{key}" if prefix else key
+        if key not in known:
+            problems.append(f"{name}: unknown key")
+            continue
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            values[key] = _build(typing.cast(type[Any], hint), value, name, problems)
+            continue
+        converted = _convert(hint, value, name, problems)
+        if converted is not _INVALID:
+            values[key] = converted
+    return cls(**values)
+
+
+_INVALID = object()
+
+
+def _convert(hint: Any, value: object, name: str, problems: list[str]) -> object:
+    origin = typing.get_origin(hint)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        problems.append(f"{name}: must be true or false")
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        problems.append(f"{name}: must be an integer")
+    elif hint is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        problems.append(f"{name}: must be a number")
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+        problems.append(f"{name}: must be a string")
+    elif origin is tuple:
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return tuple(value)
+        problems.append(f"{name}: must be a list of strings")
+    elif origin in (types.UnionType, typing.Union):  # pragma: no cover - no such fields yet
+        raise TypeError(f"unsupported settings type for {name}")
+    else:  # pragma: no cover - a programming error, not a config error
+        raise TypeError(f"unsupported settings type {hint!r} for {name}")
+    return _INVALID
+
+
+def _build_routes(raw: object, problems: list[str]) -> tuple[Route, ...]:
+    if not isinstance(raw, list):
+        problems.append("routes: must be an array of tables ([[routes]])")
+        return ()
+    routes: list[Route] = []
+    for index, item in enumerate(raw):
+        prefix = f"routes[{index}]"
+        spec = _build(RouteSettings, item, prefix, problems)
+        if isinstance(item, dict) and "match" not in item:
+            problems.append(f"{prefix}.match: required")
+        routes.append(_route(spec, prefix, problems))
+    return tuple(routes)
+
+
+def _build_default_route(raw: object, problems: list[str]) -> Route:
+    spec = _build(DefaultRouteSettings, raw, "default_route", problems)
+    route_spec = RouteSettings(match="/**", access=spec.access,
+                               unauthenticated=spec.unauthenticated)
+    return _route(route_spec, "default_route", problems)
+
+
+def _route(spec: RouteSettings, prefix: str, problems: list[str]) -> Route:
+    _one_of(spec.access, ACCESS_LEVELS, f"{prefix}.access", problems)
+    _one_of(spec.unauthenticated, UNAUTHENTICATED_FORMS, f"{prefix}.unauthenticated", problems)
+    if spec.match:
+        try:
+            compile_glob(spec.match)
+        except InvalidGlob as exc:
+            problems.append(f"{prefix}.match: {exc}")
+    methods = tuple(m.upper() for m in spec.methods)
+    for method in methods:
+        if not method.isalpha() or not method.isascii():
+            problems.append(f"{prefix}.methods: {method!r} is not an HTTP method")
+    if spec.roles and spec.access != "user":
+        problems.append(f'{prefix}.roles: only allowed with access = "user"')
+    return Route(match=spec.match, access=spec.access, methods=methods, roles=spec.roles,
+                 unauthenticated=spec.unauthenticated)
+
+
+# --------------------------------------------------------------------------- value checks
+
+
+def _one_of(value: str, choices: tuple[str, ...], name: str, problems: list[str]) -> None:
+    if value not in choices:
+        problems.append(f"{name}: must be one of {', '.join(choices)}")
+
+
+def _http_url(value: str, name: str, problems: list[str], *, allow_empty: bool = False) -> None:
+    if allow_empty and value == "":
+        return
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        problems.append(f"{name}: must be an http:// or https:// URL with a host")
+        return
+    try:
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        problems.append(f"{name}: has an invalid port")
+    if parts.query or parts.fragment:
+        problems.append(f"{name}: must not have a query or fragment")
+
+
+def _abs_path(value: str, name: str, problems: list[str], *, allow_empty: bool = False) -> None:
+    if allow_empty and value == "":
+        return
+    if not value.startswith("/") or value.startswith("//") or any(c in value for c in " ?#\\"):
+        problems.append(f"{name}: must be an absolute path starting with a single /")
+
+
+def _range(
+    value: float, name: str, problems: list[str], *, low: float, high: float | None = None,
+    low_inclusive: bool = True,
+) -> None:
+    too_low = value < low if low_inclusive else value <= low
+    if too_low or (high is not None and value > high):
+        bound = f">= {low:g}" if low_inclusive else f"> {low:g}"
+        extra = f" and <= {high:g}" if high is not None else ""
+        problems.append(f"{name}: must be {bound}{extra}")
+
+
+def _token_name(value: str, name: str, problems: list[str]) -> None:
+    """Cookie and header names: an RFC 7230 token."""
+    allowed = set("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+    if not value or any(c not in allowed for c in value):
+        problems.append(f"{name}: must be a non-empty token (letters, digits, -_.!#$%&'*+^`|~)")
+
+
+def _dotted(value: str, name: str, problems: list[str], *, allow_empty: bool) -> None:
+    if value == "" and allow_empty:
+        return
+    if value == "" or any(part == "" for part in value.split(".")):
+        problems.append(f"{name}: must be a dotted path such as data.accessToken")
+
+
+def _check(s: Settings, problems: list[str]) -> None:
+    checks: list[Callable[[Settings, list[str]], None]] = [
+        _check_server, _check_upstream, _check_auth, _check_guest, _check_cookies,
+        _check_login, _check_cors, _check_state,
+    ]
+    for check in checks:
+        check(s, problems)
+    if not s.audit.sink:
+        problems.append("audit.sink: must be stdout, stderr or a file path")
+
+
+def _check_server(s: Settings, problems: list[str]) -> None:
+    _range(s.server.port, "server.port", problems, low=0, high=65535)
+    _range(s.server.workers, "server.workers", problems, low=1)
+    prefix = s.server.reserved_prefix
+    _abs_path(prefix, "server.reserved_prefix", problems)
+    if prefix == "/" or prefix.endswith("/"):
+        problems.append("server.reserved_prefix: must not be / nor end with /")
+    for index, peer in enumerate(s.server.trusted_proxies):
+        try:
+            ipaddress.ip_network(peer, strict=False)
+        except ValueError:
+            problems.append(f"server.trusted_proxies[{index}]: not an IP address or network")
+
+
+def _check_upstream(s: Settings, problems: list[str]) -> None:
+    _http_url(s.upstream.url, "upstream.url", problems)
+    _range(s.upstream.connect_timeout_s, "upstream.connect_timeout_s", problems, low=0,
+           low_inclusive=False)
+    _range(s.upstream.read_timeout_s, "upstream.read_timeout_s", problems, low=0,
+           low_inclusive=False)
+    _range(s.upstream.max_connections, "upstream.max_connections", problems, low=1)
+
+
+def _check_auth(s: Settings, problems: list[str]) -> None:
+    a = s.auth
+    _http_url(a.url, "auth.url", problems, allow_empty=True)
+    _token_name(a.scheme, "auth.scheme", problems)
+    _range(a.cache_ttl_s, "auth.cache_ttl_s", problems, low=0)
+    _range(a.cache_max_entries, "auth.cache_max_entries", problems, low=1)
+    _range(a.retries, "auth.retries", problems, low=0, high=10)
+    _range(a.retry_backoff_s, "auth.retry_backoff_s", problems, low=0)
+    _abs_path(a.validate.path, "auth.validate.path", problems)
+    _one_of(a.validate.method.upper(), ("GET", "POST"), "auth.validate.method", problems)
+    _dotted(a.validate.user_path, "auth.validate.user_path", problems, allow_empty=True)
+    _dotted(a.validate.id_field, "auth.validate.id_field", problems, allow_empty=False)
+    _dotted(a.validate.roles_field, "auth.validate.roles_field", problems, allow_empty=False)
+    r = a.refresh
+    _abs_path(r.path, "auth.refresh.path", problems)
+    _one_of(r.send, SEND_STYLES, "auth.refresh.send", problems)
+    if r.send == "refresh_body" and not r.body_field:
+        problems.append("auth.refresh.body_field: required with send = \"refresh_body\"")
+    _dotted(r.access_path, "auth.refresh.access_path", problems, allow_empty=False)
+    _dotted(r.refresh_path, "auth.refresh.refresh_path", problems, allow_empty=True)
+    _range(r.proactive_s, "auth.refresh.proactive_s", problems, low=0)
+    _range(r.clock_skew_s, "auth.refresh.clock_skew_s", problems, low=0)
+    _range(r.grace_s, "auth.refresh.grace_s", problems, low=0)
+    _abs_path(a.login.path, "auth.login.path", problems, allow_empty=True)
+    _dotted(a.login.access_path, "auth.login.access_path", problems, allow_empty=False)
+    _dotted(a.login.refresh_path, "auth.login.refresh_path", problems, allow_empty=True)
+    _abs_path(a.logout.path, "auth.logout.path", problems, allow_empty=True)
+    _one_of(a.logout.send, SEND_STYLES, "auth.logout.send", problems)
+    _abs_path(a.logout.backend_path, "auth.logout.backend_path", problems, allow_empty=True)
+
+
+def _check_guest(s: Settings, problems: list[str]) -> None:
+    g = s.guest
+    _one_of(g.mode, GUEST_MODES, "guest.mode", problems)
+    _abs_path(g.path, "guest.path", problems)
+    _dotted(g.token_path, "guest.token_path", problems, allow_empty=False)
+    _range(g.ttl_s, "guest.ttl_s", problems, low=0, low_inclusive=False)
+    if g.username and not g.password_env:
+        problems.append("guest.password_env: required when guest.username is set")
+    if g.mode == "local" and not g.secret_env:
+        problems.append("guest.secret_env: required with guest.mode = \"local\"")
+
+
+def _check_cookies(s: Settings, problems: list[str]) -> None:
+    c = s.cookies
+    for key in ("access", "refresh", "guest"):
+        _token_name(getattr(c, key), f"cookies.{key}", problems)
+    if len({c.access, c.refresh, c.guest}) != 3:
+        problems.append("cookies: access, refresh and guest must be three different names")
+    _abs_path(c.path, "cookies.path", problems)
+    if any(ch in c.domain for ch in ";, /\\"):
+        problems.append("cookies.domain: must be a bare domain name")
+    _one_of(c.same_site, SAME_SITE, "cookies.same_site", problems)
+    if c.same_site == "none" and not c.secure:
+        problems.append('cookies.same_site: "none" requires cookies.secure = true')
+    for key in ("access_max_age_s", "refresh_max_age_s", "guest_max_age_s"):
+        _range(getattr(c, key), f"cookies.{key}", problems, low=0)
+
+
+def _check_login(s: Settings, problems: list[str]) -> None:
+    url = s.login.url
+    if not (url.startswith("/") and not url.startswith("//") and "\\" not in url):
+        _http_url(url, "login.url", problems)
+    _token_name(s.login.return_param, "login.return_param", problems)
+
+
+def _check_cors(s: Settings, problems: list[str]) -> None:
+    if s.cors is None:
+        return
+    c = s.cors
+    for index, origin in enumerate(c.allow_origins):
+        name = f"cors.allow_origins[{index}]"
+        if origin == "*":
+            if c.allow_credentials:
+                problems.append(f'{name}: "*" is not allowed with allow_credentials = true')
+            continue
+        parts = urlsplit(origin)
+        if (parts.scheme not in ("http", "https") or not parts.hostname
+                or parts.path or parts.query or parts.fragment):
+            problems.append(f"{name}: must be an origin such as https://app.example.com")
+    for index, method in enumerate(c.allow_methods):
+        if not method.isalpha():
+            problems.append(f"cors.allow_methods[{index}]: not an HTTP method")
+    for key in ("allow_headers", "expose_headers"):
+        for index, header in enumerate(getattr(c, key)):
+            _token_name(header, f"cors.{key}[{index}]", problems)
+    _range(c.max_age_s, "cors.max_age_s", problems, low=0)
+
+
+def _check_state(s: Settings, problems: list[str]) -> None:
+    _one_of(s.state.backend, STATE_BACKENDS, "state.backend", problems)
+    if s.state.backend == "redis":
+        parts = urlsplit(s.state.redis_url)
+        if parts.scheme not in ("redis", "rediss", "unix"):
+            problems.append("state.redis_url: must be a redis://, rediss:// or unix:// URL")
+        if not s.state.key_env:
+            problems.append("state.key_env: required with state.backend = \"redis\"")
