@@ -32,7 +32,7 @@ class ServerThread:
     """``uvicorn`` serving ``app`` on 127.0.0.1:<free port> in a daemon thread."""
 
     def __init__(self, app: Any, **options: Any) -> None:
-        self.sock = socket.socket()
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
         self.port: int = self.sock.getsockname()[1]

@@ -1,0 +1,110 @@
+"""Shared fixtures: the reference backend and gateways in front of it, on real sockets."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from gateway.app import Gateway, create_app
+from gateway.demo import BackendOptions, create_backend
+from gateway.settings import settings_from_mapping
+from tests.servers import ServerThread
+
+
+class Backend:
+    """The reference backend under uvicorn, with its counters and fault switches."""
+
+    def __init__(self, server: ServerThread) -> None:
+        self.server = server
+        self.url = server.url
+
+    def stats(self) -> dict[str, Any]:
+        data: dict[str, Any] = httpx.get(self.url + "/__demo/stats").json()
+        return data
+
+    def calls(self, key: str) -> int:
+        return int(self.stats()["calls"].get(key, 0))
+
+    def reset(self) -> None:
+        httpx.post(self.url + "/__demo/reset").raise_for_status()
+
+    def fault(self, key: str, status: int, count: int = -1, delay_s: float = 0.0) -> None:
+        httpx.post(self.url + "/__demo/faults",
+                   json={key: {"status": status, "count": count, "delay_s": delay_s}}
+                   ).raise_for_status()
+
+    def configure(self, **options: float) -> None:
+        httpx.post(self.url + "/__demo/config", json=options).raise_for_status()
+
+    def token(self, user_id: int | str = 1, typ: str = "access", ttl_s: float = 900) -> str:
+        reply = httpx.post(self.url + "/__demo/token",
+                           json={"user_id": user_id, "typ": typ, "ttl_s": ttl_s})
+        reply.raise_for_status()
+        return str(reply.json()["token"])
+
+    def login(self, email: str = "demo@example.com", password: str = "demo-password"
+              ) -> dict[str, str]:
+        reply = httpx.post(self.url + "/auth/login", json={"email": email, "password": password})
+        reply.raise_for_status()
+        data: dict[str, str] = reply.json()["data"]
+        return data
+
+
+class RunningGateway:
+    """A gateway under uvicorn on a free port, with its audit stream in a file."""
+
+    def __init__(self, app: Gateway, server: ServerThread, audit_path: Path) -> None:
+        self.app = app
+        self.server = server
+        self.url = server.url
+        self.audit_path = audit_path
+
+    def events(self, name: str | None = None) -> list[dict[str, Any]]:
+        if not self.audit_path.exists():
+            return []
+        lines = self.audit_path.read_text().splitlines()
+        events = [json.loads(line) for line in lines if line.strip()]
+        return [e for e in events if name is None or e["event"] == name]
+
+    def client(self, **kwargs: Any) -> httpx.AsyncClient:
+        return httpx.AsyncClient(base_url=self.url, **kwargs)
+
+
+@pytest.fixture(scope="session")
+def backend() -> Iterator[Backend]:
+    server = ServerThread(create_backend(BackendOptions())).start()
+    yield Backend(server)
+    server.stop()
+
+
+MakeGateway = Callable[..., RunningGateway]
+
+
+@pytest.fixture
+def make_gateway(tmp_path: Path, backend: Backend) -> Iterator[MakeGateway]:
+    """``make_gateway(toml_text, upstream=url)``: a gateway with ``[upstream] url`` and
+    ``[audit] sink`` filled in (the backend and a temp file unless given)."""
+    running: list[RunningGateway] = []
+    backend.reset()
+
+    def factory(toml: str = "", *, upstream: str | None = None, **server_options: Any
+                ) -> RunningGateway:
+        data = tomllib.loads(toml)
+        data.setdefault("upstream", {}).setdefault("url", upstream or backend.url)
+        audit_path = tmp_path / f"audit-{len(running)}.jsonl"
+        data.setdefault("audit", {}).setdefault("sink", str(audit_path))
+        app = create_app(settings_from_mapping(data))
+        server = ServerThread(app, **server_options).start()
+        gateway = RunningGateway(app, server, Path(data["audit"]["sink"]))
+        running.append(gateway)
+        return gateway
+
+    yield factory
+    for gateway in running:
+        gateway.server.stop()
