@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import tomllib
 
@@ -97,8 +98,6 @@ async def _serve(port: int) -> None:
 
 
 def run_demo(port: int = 8080) -> int:
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_serve(port))
-    except KeyboardInterrupt:
-        pass
     return 0

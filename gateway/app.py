@@ -1,0 +1,79 @@
+"""``create_app(settings)``: wires the parts together into one ASGI app, nothing else."""
+
+from __future__ import annotations
+
+import asyncio
+
+from gateway.audit import AuditLog
+from gateway.authclient import AuthClient
+from gateway.endpoints import Endpoints
+from gateway.handler import HTTPHandler
+from gateway.proxy import TrustedProxies, Upstream
+from gateway.routes import Router
+from gateway.session import Sessions
+from gateway.settings import Settings
+from gateway.types import Receive, Scope, Send
+from gateway.validation import Validator
+
+
+class Gateway:
+    """The ASGI app: HTTP requests go to the handler; lifespan opens and closes the clients."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.audit = AuditLog(settings.audit.sink)
+        self.upstream = Upstream(settings.upstream)
+        self.auth_client = AuthClient(settings)
+        self.validator = Validator(settings, self.auth_client)
+        self.http = HTTPHandler(
+            settings,
+            upstream=self.upstream,
+            endpoints=Endpoints(settings.server.reserved_prefix),
+            trusted=TrustedProxies(settings.server.trusted_proxies),
+            router=Router(settings.routes, settings.default_route),
+            sessions=Sessions(settings, self.validator, self.audit),
+            audit=self.audit,
+        )
+        self._started = False
+        self._start_lock = asyncio.Lock()
+
+    async def startup(self) -> None:
+        async with self._start_lock:
+            if not self._started:
+                await self.upstream.start()
+                await self.auth_client.start()
+                self._started = True
+
+    async def shutdown(self) -> None:
+        if self._started:
+            await self.upstream.close()
+            await self.auth_client.close()
+            self._started = False
+        self.audit.close()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            if not self._started:  # a server that does not speak lifespan
+                await self.startup()
+            await self.http(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.startup()
+                except Exception as exc:
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+def create_app(settings: Settings) -> Gateway:
+    return Gateway(settings)

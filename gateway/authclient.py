@@ -1,0 +1,119 @@
+"""Calls to the backend's auth endpoints, with the retry policy of ``[auth]``.
+
+A network error, a timeout or a 5xx is not a verdict on a token: it is retried
+``auth.retries`` times with exponential backoff and jitter, then reported as
+:class:`BackendUnavailable`. Any other answer (2xx, 4xx) is returned as it is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import aiohttp
+
+from gateway.settings import Settings
+
+
+class BackendUnavailable(Exception):
+    """The auth backend could not give an answer (after retries)."""
+
+    def __init__(self, reason: Literal["network", "backend_error"], detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class AuthReply:
+    status: int
+    body: Any  # parsed JSON, or None when the body was not JSON
+    set_cookies: tuple[str, ...] = field(default=())
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 300
+
+
+def dig(document: Any, dotted: str) -> Any:
+    """``dig({"data": {"a": 1}}, "data.a") == 1``; ``""`` is the whole document; None if absent."""
+    if not dotted:
+        return document
+    for part in dotted.split("."):
+        if not isinstance(document, dict) or part not in document:
+            return None
+        document = document[part]
+    return document
+
+
+class AuthClient:
+    def __init__(self, settings: Settings) -> None:
+        self._base = settings.auth_url
+        self._retries = settings.auth.retries
+        self._backoff = settings.auth.retry_backoff_s
+        self._timeout = aiohttp.ClientTimeout(
+            total=None,
+            sock_connect=settings.upstream.connect_timeout_s,
+            sock_read=settings.upstream.read_timeout_s,
+        )
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        self._session = aiohttp.ClientSession(
+            cookie_jar=aiohttp.DummyCookieJar(),
+            skip_auto_headers=("User-Agent",),
+            timeout=self._timeout,
+            connector=aiohttp.TCPConnector(limit=256, limit_per_host=0),
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        json_body: Any = None,
+    ) -> AuthReply:
+        """One auth call with retries; raises :class:`BackendUnavailable`."""
+        assert self._session is not None, "AuthClient.start() was not awaited"
+        url = self._base + path
+        attempt = 0
+        while True:
+            try:
+                reply = await self._once(method, url, headers, json_body)
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                failure = BackendUnavailable("network", type(exc).__name__)
+            else:
+                if reply.status < 500:
+                    return reply
+                failure = BackendUnavailable("backend_error", f"status {reply.status}")
+            if attempt >= self._retries:
+                raise failure
+            delay = self._backoff * (2**attempt)
+            await asyncio.sleep(delay * random.uniform(0.5, 1.5))
+            attempt += 1
+
+    async def _once(
+        self, method: str, url: str, headers: Mapping[str, str] | None, json_body: Any
+    ) -> AuthReply:
+        assert self._session is not None
+        kwargs: dict[str, Any] = {"headers": dict(headers or {})}
+        if json_body is not None:
+            kwargs["data"] = json.dumps(json_body).encode("utf-8")
+            kwargs["headers"]["content-type"] = "application/json"
+        kwargs["headers"].setdefault("accept", "application/json")
+        async with self._session.request(method, url, allow_redirects=False, **kwargs) as resp:
+            raw = await resp.read()
+            try:
+                body = json.loads(raw) if raw else None
+            except ValueError:
+                body = None
+            return AuthReply(resp.status, body, tuple(resp.headers.getall("set-cookie", ())))

@@ -1,0 +1,174 @@
+"""One HTTP request through the gateway: identify it, check it, answer or forward it."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from urllib.parse import quote
+
+from gateway.audit import AuditLog
+from gateway.authclient import BackendUnavailable
+from gateway.endpoints import Endpoints
+from gateway.proxy import TrustedProxies, Upstream, upstream_request_headers
+from gateway.responses import send_error, send_redirect
+from gateway.routes import (
+    Decision,
+    InvalidPath,
+    Route,
+    Router,
+    decide,
+    is_browser_navigation,
+    login_location,
+    normalize_path,
+    unauthenticated_answer,
+)
+from gateway.session import RequestInfo, Session, Sessions
+from gateway.settings import Settings
+from gateway.types import Headers, Message, Receive, Scope, Send
+
+_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:@/+=-]{1,128}")
+_CREDENTIAL_HEADERS = (b"authorization", b"cookie")
+_DETAIL = {
+    "no_token": "Authentication is required.",
+    "malformed_token": "The credentials are malformed.",
+    "invalid_token": "The session is not valid; please log in again.",
+    "guest_token": "This needs a logged-in user; a guest session is not enough.",
+}
+
+
+def request_id_of(scope: Scope) -> str:
+    """The client's ``x-request-id`` if it is a sane one, else a new one."""
+    for name, value in scope["headers"]:
+        if name == b"x-request-id" and _REQUEST_ID.fullmatch(value):
+            return str(value.decode("ascii"))
+    return uuid.uuid4().hex
+
+
+def _with_request_id(send: Send, request_id: bytes) -> Send:
+    async def wrapped(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message["headers"] = [*message.get("headers", ()), (b"x-request-id", request_id)]
+        await send(message)
+
+    return wrapped
+
+
+def _raw_path(scope: Scope) -> bytes:
+    raw: bytes | None = scope.get("raw_path")
+    if raw is not None:
+        return raw
+    # A server without raw_path gives the decoded path: encode it back.
+    return quote(scope["path"], safe="/!$&'()*+,;=:@~").encode("ascii")
+
+
+def _header(headers: Headers, name: bytes) -> bytes | None:
+    for key, value in headers:
+        if key == name:
+            return value
+    return None
+
+
+def identity_headers(session: Session, scheme: str) -> list[tuple[bytes, bytes]]:
+    """What the upstream learns of the session: the token and who it is."""
+    identity = session.identity
+    if identity is None or session.token is None:
+        return []
+    return [
+        (b"authorization", f"{scheme} {session.token}".encode("ascii")),
+        (b"x-auth-user-id", identity.user_id.encode("utf-8")),
+        (b"x-auth-token-type", identity.token_type.encode("ascii")),
+        (b"x-auth-user", identity.user_b64),
+        *session.upstream_headers,
+    ]
+
+
+class HTTPHandler:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        upstream: Upstream,
+        endpoints: Endpoints,
+        trusted: TrustedProxies,
+        router: Router,
+        sessions: Sessions,
+        audit: AuditLog,
+    ) -> None:
+        self._upstream = upstream
+        self._endpoints = endpoints
+        self._trusted = trusted
+        self._router = router
+        self._sessions = sessions
+        self._audit = audit
+        self._scheme = settings.auth.scheme
+        self._login = settings.login
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request_id = request_id_of(scope)
+        send = _with_request_id(send, request_id.encode("ascii"))
+        method: str = scope["method"]
+        head = method == "HEAD"
+        try:
+            path = normalize_path(_raw_path(scope))
+        except InvalidPath:
+            await send_error(send, 400, "invalid_path", "The request path is not acceptable.",
+                             head=head)
+            return
+        if self._endpoints.owns(path):
+            await self._endpoints.handle(scope, send, path)
+            return
+        headers: Headers = scope["headers"]
+        peer = scope["client"][0] if scope.get("client") else ""
+        client_ip = self._trusted.client_ip(peer, _header(headers, b"x-forwarded-for"))
+        route = self._router.match(method, path)
+        forwarded = upstream_request_headers(scope, client_ip=client_ip, request_id=request_id,
+                                             trusted=self._trusted)
+        if route.access == "public" and not any(n in _CREDENTIAL_HEADERS for n, _ in headers):
+            await self._upstream.forward(scope, receive, send, path=path, headers=forwarded)
+            return
+
+        info = RequestInfo(request_id, client_ip, method, path)
+        try:
+            session = await self._sessions.resolve(headers, info)
+        except BackendUnavailable as exc:
+            self._audit.emit("auth.backend_unavailable", **info.fields(), outcome="unavailable",
+                             reason=exc.reason)
+            await send_error(send, 503, "auth_unavailable",
+                             "The authentication service is unavailable; try again shortly.",
+                             [(b"retry-after", b"5")], head=head)
+            return
+
+        identity = session.identity
+        decision = decide(route, identity.token_type if identity else None,
+                          identity.roles if identity else ())
+        if decision is Decision.ALLOW:
+            forwarded.extend(identity_headers(session, self._scheme))
+            await self._upstream.forward(scope, receive, send, path=path, headers=forwarded,
+                                         extra_response_headers=session.response_headers)
+            return
+        if decision is Decision.FORBIDDEN:
+            assert identity is not None
+            self._audit.emit("auth.denied", **info.fields(), outcome="forbidden",
+                             reason="missing_role", user_id=identity.user_id,
+                             token_fp=session.token_fp)
+            await send_error(send, 403, "forbidden", "You are not allowed to do this.",
+                             session.response_headers, head=head)
+            return
+        await self._unauthenticated(scope, send, route, session, info, head=head)
+
+    async def _unauthenticated(self, scope: Scope, send: Send, route: Route, session: Session,
+                               info: RequestInfo, *, head: bool) -> None:
+        reason = "guest_token" if session.identity is not None else session.reason
+        browser = is_browser_navigation(info.method, scope["headers"])
+        answer = unauthenticated_answer(route, browser)
+        self._audit.emit("auth.denied", **info.fields(), outcome="unauthenticated",
+                         reason=reason, answer=answer, token_fp=session.token_fp,
+                         user_id=session.identity.user_id if session.identity else None)
+        if answer == "redirect":
+            location = login_location(self._login.url, self._login.return_param, info.path,
+                                      scope.get("query_string", b""))
+            await send_redirect(send, location, session.response_headers)
+            return
+        await send_error(send, 401, "unauthenticated", _DETAIL.get(reason, _DETAIL["no_token"]),
+                         [(b"www-authenticate", b'Bearer realm="gateway"'),
+                          *session.response_headers], head=head)
