@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import math
 import os
 import tomllib
 import types
@@ -18,7 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from gateway.routes import InvalidGlob, Route, compile_glob
 
@@ -210,6 +211,8 @@ def load_settings(path: str | os.PathLike[str]) -> Settings:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise SettingsError([f"{path}: cannot read config file ({exc.strerror})"]) from None
+    except UnicodeDecodeError:
+        raise SettingsError([f"{path}: not valid UTF-8"]) from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -224,7 +227,8 @@ def settings_from_mapping(data: Mapping[str, Any]) -> Settings:
     raw_routes = sections.pop("routes", [])
     raw_default = sections.pop("default_route", {})
     raw_cors = sections.pop("cors", None)
-    if "upstream" not in sections or "url" not in _as_dict(sections.get("upstream")):
+    upstream = sections.get("upstream")
+    if upstream is None or (isinstance(upstream, dict) and "url" not in upstream):
         problems.append("upstream.url: required")
 
     base = _build(Settings, sections, "", problems)
@@ -238,10 +242,6 @@ def settings_from_mapping(data: Mapping[str, Any]) -> Settings:
     if problems:
         raise SettingsError(problems)
     return settings
-
-
-def _as_dict(value: object) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
 
 
 _T = TypeVar("_T")
@@ -315,7 +315,7 @@ def _build_routes(raw: object, problems: list[str]) -> tuple[Route, ...]:
     for index, item in enumerate(raw):
         prefix = f"routes[{index}]"
         spec = _build(RouteSettings, item, prefix, problems)
-        if isinstance(item, dict) and "match" not in item:
+        if isinstance(item, dict) and not item.get("match"):
             problems.append(f"{prefix}.match: required")
         routes.append(_route(spec, prefix, problems))
     return tuple(routes)
@@ -354,10 +354,20 @@ def _one_of(value: str, choices: tuple[str, ...], name: str, problems: list[str]
         problems.append(f"{name}: must be one of {', '.join(choices)}")
 
 
+def _split(value: str, name: str, problems: list[str]) -> SplitResult | None:
+    try:
+        return urlsplit(value)
+    except ValueError:
+        problems.append(f"{name}: not a valid URL")
+        return None
+
+
 def _http_url(value: str, name: str, problems: list[str], *, allow_empty: bool = False) -> None:
     if allow_empty and value == "":
         return
-    parts = urlsplit(value)
+    parts = _split(value, name, problems)
+    if parts is None:
+        return
     if parts.scheme not in ("http", "https") or not parts.hostname:
         problems.append(f"{name}: must be an http:// or https:// URL with a host")
         return
@@ -380,6 +390,9 @@ def _range(
     value: float, name: str, problems: list[str], *, low: float, high: float | None = None,
     low_inclusive: bool = True,
 ) -> None:
+    if not math.isfinite(value):
+        problems.append(f"{name}: must be a number")
+        return
     too_low = value < low if low_inclusive else value <= low
     if too_low or (high is not None and value > high):
         bound = f">= {low:g}" if low_inclusive else f"> {low:g}"
@@ -464,6 +477,8 @@ def _check_auth(s: Settings, problems: list[str]) -> None:
     _abs_path(a.logout.path, "auth.logout.path", problems, allow_empty=True)
     _one_of(a.logout.send, SEND_STYLES, "auth.logout.send", problems)
     _abs_path(a.logout.backend_path, "auth.logout.backend_path", problems, allow_empty=True)
+    if a.logout.path and a.logout.send == "refresh_body" and not a.logout.body_field:
+        problems.append("auth.logout.body_field: required with send = \"refresh_body\"")
 
 
 def _check_guest(s: Settings, problems: list[str]) -> None:
@@ -496,7 +511,9 @@ def _check_cookies(s: Settings, problems: list[str]) -> None:
 
 def _check_login(s: Settings, problems: list[str]) -> None:
     url = s.login.url
-    if not (url.startswith("/") and not url.startswith("//") and "\\" not in url):
+    if any(ord(c) < 0x21 or ord(c) == 0x7F for c in url):
+        problems.append("login.url: must not contain spaces or control characters")
+    elif not (url.startswith("/") and not url.startswith("//") and "\\" not in url):
         _http_url(url, "login.url", problems)
     _token_name(s.login.return_param, "login.return_param", problems)
 
@@ -511,7 +528,9 @@ def _check_cors(s: Settings, problems: list[str]) -> None:
             if c.allow_credentials:
                 problems.append(f'{name}: "*" is not allowed with allow_credentials = true')
             continue
-        parts = urlsplit(origin)
+        parts = _split(origin, name, problems)
+        if parts is None:
+            continue
         if (parts.scheme not in ("http", "https") or not parts.hostname
                 or parts.path or parts.query or parts.fragment):
             problems.append(f"{name}: must be an origin such as https://app.example.com")
@@ -527,8 +546,8 @@ def _check_cors(s: Settings, problems: list[str]) -> None:
 def _check_state(s: Settings, problems: list[str]) -> None:
     _one_of(s.state.backend, STATE_BACKENDS, "state.backend", problems)
     if s.state.backend == "redis":
-        parts = urlsplit(s.state.redis_url)
-        if parts.scheme not in ("redis", "rediss", "unix"):
+        parts = _split(s.state.redis_url, "state.redis_url", problems)
+        if parts is not None and parts.scheme not in ("redis", "rediss", "unix"):
             problems.append("state.redis_url: must be a redis://, rediss:// or unix:// URL")
         if not s.state.key_env:
             problems.append("state.key_env: required with state.backend = \"redis\"")
