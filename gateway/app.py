@@ -6,9 +6,12 @@ import asyncio
 
 from gateway.audit import AuditLog
 from gateway.authclient import AuthClient
+from gateway.cookies import CookiePolicy
 from gateway.endpoints import Endpoints
 from gateway.handler import HTTPHandler
+from gateway.login import LoginCapture, Logout
 from gateway.proxy import TrustedProxies, Upstream
+from gateway.refresh import Refresher
 from gateway.routes import Router
 from gateway.session import Sessions
 from gateway.settings import Settings
@@ -25,13 +28,19 @@ class Gateway:
         self.upstream = Upstream(settings.upstream)
         self.auth_client = AuthClient(settings)
         self.validator = Validator(settings, self.auth_client)
+        self.refresher = Refresher(settings, self.auth_client, self.validator)
+        self.cookies = CookiePolicy(settings.cookies)
         self.http = HTTPHandler(
             settings,
             upstream=self.upstream,
             endpoints=Endpoints(settings.server.reserved_prefix),
             trusted=TrustedProxies(settings.server.trusted_proxies),
             router=Router(settings.routes, settings.default_route),
-            sessions=Sessions(settings, self.validator, self.audit),
+            sessions=Sessions(settings, self.validator, self.refresher, self.cookies,
+                              self.audit),
+            login=LoginCapture(settings, self.cookies, self.audit),
+            logout=Logout(settings, self.auth_client, self.validator, self.refresher,
+                          self.cookies, self.audit),
             audit=self.audit,
         )
         self._started = False

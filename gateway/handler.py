@@ -9,6 +9,7 @@ from urllib.parse import quote
 from gateway.audit import AuditLog
 from gateway.authclient import BackendUnavailable
 from gateway.endpoints import Endpoints
+from gateway.login import LoginCapture, Logout
 from gateway.proxy import TrustedProxies, Upstream, upstream_request_headers
 from gateway.responses import send_error, send_redirect
 from gateway.routes import (
@@ -32,6 +33,7 @@ _DETAIL = {
     "no_token": "Authentication is required.",
     "malformed_token": "The credentials are malformed.",
     "invalid_token": "The session is not valid; please log in again.",
+    "session_expired": "The session has ended; please log in again.",
     "guest_token": "This needs a logged-in user; a guest session is not enough.",
 }
 
@@ -92,6 +94,8 @@ class HTTPHandler:
         trusted: TrustedProxies,
         router: Router,
         sessions: Sessions,
+        login: LoginCapture,
+        logout: Logout,
         audit: AuditLog,
     ) -> None:
         self._upstream = upstream
@@ -100,6 +104,8 @@ class HTTPHandler:
         self._router = router
         self._sessions = sessions
         self._audit = audit
+        self._login_capture = login
+        self._logout = logout
         self._scheme = settings.auth.scheme
         self._login = settings.login
 
@@ -120,6 +126,17 @@ class HTTPHandler:
         headers: Headers = scope["headers"]
         peer = scope["client"][0] if scope.get("client") else ""
         client_ip = self._trusted.client_ip(peer, _header(headers, b"x-forwarded-for"))
+        if method == "POST" and path in (self._login_capture.path, self._logout.path):
+            info = RequestInfo(request_id, client_ip, method, path)
+            if path == self._logout.path:
+                await self._logout.handle(headers, send, info)
+                return
+            # The login endpoint is reachable without a session whatever the routes say.
+            forwarded = upstream_request_headers(scope, client_ip=client_ip,
+                                                 request_id=request_id, trusted=self._trusted)
+            await self._upstream.forward(scope, receive, send, path=path, headers=forwarded,
+                                         rewrite=self._login_capture.rewriter(info))
+            return
         route = self._router.match(method, path)
         forwarded = upstream_request_headers(scope, client_ip=client_ip, request_id=request_id,
                                              trusted=self._trusted)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import re
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -33,8 +33,13 @@ _SERVER_OWNED = frozenset({b"server", b"date"})
 # Request headers the gateway always sets itself (Authorization only for a valid session).
 _GATEWAY_OWNED = frozenset({b"x-request-id", b"authorization"})
 _SMALL_BODY = 256 * 1024
+_REWRITE_LIMIT = 1024 * 1024
 _CHUNK = 64 * 1024
 _UNSAFE_QUERY_BYTE = re.compile(rb"[^\x21-\x7e]")
+
+
+# (status, body) -> (headers to add, new body): how login capture edits a reply.
+Rewrite = Callable[[int, bytes], tuple[list[tuple[bytes, bytes]], bytes]]
 
 
 class ClientDisconnect(Exception):
@@ -231,8 +236,13 @@ class Upstream:
         path: str,
         headers: Headers,
         extra_response_headers: Headers = (),
+        rewrite: Rewrite | None = None,
     ) -> None:
-        """Send the request upstream and stream the answer back to the client."""
+        """Send the request upstream and stream the answer back to the client.
+
+        ``rewrite`` (for the small JSON replies of login capture) gets a whole uncompressed
+        JSON body of at most 1 MiB and returns the headers to add and the body to send
+        instead; larger, compressed or non-JSON replies pass through unchanged."""
         assert self._session is not None and self._slots is not None
         head = scope["method"] == "HEAD"
         own = [*extra_response_headers]
@@ -263,7 +273,10 @@ class Upstream:
                                  "The upstream could not be reached.", own, head=head)
                 return
             try:
-                await self._relay(response, send, receive, body, own)
+                if rewrite is not None and _rewritable(response):
+                    await self._relay_rewritten(response, send, own, rewrite)
+                else:
+                    await self._relay(response, send, receive, body, own)
             finally:
                 response.close()
         finally:
@@ -307,6 +320,29 @@ class Upstream:
             group.cancel_scope.cancel()
 
     @staticmethod
+    async def _relay_rewritten(
+        response: aiohttp.ClientResponse,
+        send: Send,
+        own: list[tuple[bytes, bytes]],
+        rewrite: Rewrite,
+    ) -> None:
+        try:
+            payload = await response.read()
+        except (aiohttp.ClientError, OSError, TimeoutError):
+            await send_error(send, 502, "upstream_error",
+                             "The upstream response was cut short.", own)
+            return
+        added, payload = rewrite(response.status, payload)
+        headers = [(k, v) for k, v in response_headers(response.raw_headers)
+                   if k != b"content-length"]
+        headers.append((b"content-length", str(len(payload)).encode("latin-1")))
+        headers.extend(own)
+        headers.extend(added)
+        await send({"type": "http.response.start", "status": response.status,
+                    "headers": headers})
+        await send({"type": "http.response.body", "body": payload})
+
+    @staticmethod
     async def _pump(response: aiohttp.ClientResponse, send: Send) -> None:
         try:
             async for chunk in response.content.iter_chunked(_CHUNK):
@@ -316,6 +352,15 @@ class Upstream:
             # closes the connection and the client sees a truncated response, not a whole one.
             return
         await send({"type": "http.response.body", "body": b""})
+
+
+def _rewritable(response: aiohttp.ClientResponse) -> bool:
+    length = response.content_length
+    encoding = response.headers.get("content-encoding", "identity").lower()
+    return (
+        length is not None and length <= _REWRITE_LIMIT and encoding == "identity"
+        and "json" in response.headers.get("content-type", "").lower()
+    )
 
 
 def _multidict(headers: Headers) -> CIMultiDict[str]:

@@ -1,8 +1,8 @@
-"""Resolve a request's session: find its token, validate it, and say who it is.
+"""Resolve a request's session: find its token, validate it, refresh it when needed.
 
 The result, :class:`Session`, is what the handler needs to decide and to forward: the
-identity (or why there is none), the token to send upstream, and the headers to add to the
-response (cookies).
+identity (or why there is none), the token to send upstream, the headers the upstream should
+see and the headers to add to the response (cookies, ``x-refreshed-token``).
 """
 
 from __future__ import annotations
@@ -10,8 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from gateway.audit import AuditLog, token_fp
+from gateway.authclient import BackendUnavailable
+from gateway.cookies import CookiePolicy
+from gateway.refresh import Refresher
 from gateway.settings import Settings
-from gateway.tokens import FoundToken, MalformedToken, find_token
+from gateway.tokens import FoundToken, MalformedToken, find_token, request_cookies
 from gateway.types import Headers
 from gateway.validation import Identity, Validator
 
@@ -35,26 +38,49 @@ class Session:
     identity: Identity | None = None
     token: str | None = None  # the valid token to forward as Authorization
     token_fp: str | None = None
-    reason: str = "no_token"  # why there is no identity: no_token, malformed_token, invalid_token
+    # Why there is no identity: no_token, malformed_token, invalid_token, session_expired.
+    reason: str = "no_token"
     response_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     upstream_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
 
 
 class Sessions:
-    def __init__(self, settings: Settings, validator: Validator, audit: AuditLog) -> None:
-        self._cookies = settings.cookies
+    def __init__(self, settings: Settings, validator: Validator, refresher: Refresher,
+                 cookies: CookiePolicy, audit: AuditLog) -> None:
+        self._cookie_settings = settings.cookies
         self._validator = validator
+        self._refresher = refresher
+        self._cookies = cookies
         self._audit = audit
 
     async def resolve(self, headers: Headers, info: RequestInfo) -> Session:
-        """Raises :class:`gateway.authclient.BackendUnavailable` when there is no verdict."""
+        """Raises :class:`BackendUnavailable` when the backend gives no verdict."""
+        jar = request_cookies(headers)
+        reason = "no_token"
         try:
-            found = find_token(headers, self._cookies)
+            found = find_token(headers, self._cookie_settings, jar)
         except MalformedToken:
-            return Session(reason="malformed_token")
-        if found is None:
-            return Session()
-        return await self._validate(found, info)
+            found, reason = None, "malformed_token"
+        current: Session | None = None
+        if found is not None:
+            current = await self._validate(found, info)
+            if found.source == "guest_cookie":
+                return current  # guest tokens are reissued, never refreshed
+            if current.identity is not None:
+                if self._refresher.due(found.value):
+                    credential = self._credential(found, jar)
+                    if credential:
+                        return await self._refresh(credential, found, info, current)
+                return current
+        credential = self._credential(found, jar)
+        if credential is None:
+            return current or Session(reason=reason)
+        return await self._refresh(credential, found, info, None)
+
+    def _credential(self, found: FoundToken | None, jar: dict[str, str]) -> str | None:
+        if self._refresher.uses_refresh_token:
+            return jar.get(self._cookie_settings.refresh) or None
+        return found.value if found is not None and found.source != "guest_cookie" else None
 
     async def _validate(self, found: FoundToken, info: RequestInfo) -> Session:
         fp = token_fp(found.value)
@@ -71,3 +97,44 @@ class Sessions:
         if identity is None:
             return Session(token_fp=fp, reason="invalid_token")
         return Session(identity=identity, token=found.value, token_fp=fp, reason="")
+
+    async def _refresh(self, credential: str, found: FoundToken | None, info: RequestInfo,
+                       current: Session | None) -> Session:
+        """Refresh with ``credential``; ``current`` is the still-valid session when this is a
+        proactive refresh, whose failure then costs nothing: the old token is forwarded."""
+        old_fp = token_fp(credential)
+        proactive = current is not None
+        try:
+            result = await self._refresher.refresh(credential)
+        except BackendUnavailable as exc:
+            self._audit.emit("auth.refresh_failed", **info.fields(), outcome="unavailable",
+                             reason=exc.reason, token_fp=old_fp, proactive=proactive)
+            if current is not None:
+                return current
+            raise
+        refreshed = result.refreshed
+        if refreshed is None:
+            self._audit.emit("auth.refresh_failed", **info.fields(), outcome="rejected",
+                             reason="rejected", status=result.status, token_fp=old_fp,
+                             proactive=proactive)
+            if current is not None:
+                return current
+            self._audit.emit("auth.session_cleared", **info.fields(), outcome="cleared",
+                             reason="refresh_rejected", token_fp=old_fp)
+            return Session(token_fp=old_fp, reason="session_expired",
+                           response_headers=self._cookies.clear_session())
+        new_fp = token_fp(refreshed.access)
+        self._audit.emit("auth.refreshed", **info.fields(), outcome="refreshed",
+                         via=result.via, proactive=proactive, token_fp=old_fp,
+                         new_token_fp=new_fp, user_id=refreshed.identity.user_id,
+                         rotated=refreshed.refresh is not None)
+        response = [self._cookies.set("access", refreshed.access)]
+        if refreshed.refresh is not None:
+            response.append(self._cookies.set("refresh", refreshed.refresh))
+        response.extend((b"set-cookie", c.encode("latin-1")) for c in refreshed.set_cookies)
+        new_token = refreshed.access.encode("ascii")
+        if found is not None and found.source == "header":
+            response.append((b"x-refreshed-token", new_token))
+        return Session(identity=refreshed.identity, token=refreshed.access, token_fp=new_fp,
+                       reason="", response_headers=response,
+                       upstream_headers=[(b"x-refreshed-token", new_token)])

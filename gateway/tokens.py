@@ -73,10 +73,13 @@ def request_cookies(headers: Headers) -> dict[str, str]:
     return cookies
 
 
-def find_token(headers: Headers, cookies: CookieSettings) -> FoundToken | None:
+def find_token(
+    headers: Headers, cookies: CookieSettings, jar: dict[str, str] | None = None
+) -> FoundToken | None:
     """Authorization (any scheme), then the access cookie, then the guest cookie.
 
-    Raises :class:`MalformedToken` when the credential found first is not a token."""
+    ``jar`` is the request's parsed cookies, if the caller has them already. Raises
+    :class:`MalformedToken` when the credential found first is not a token."""
     for name, value in headers:
         if name == b"authorization":
             try:
@@ -87,7 +90,8 @@ def find_token(headers: Headers, cookies: CookieSettings) -> FoundToken | None:
             if not scheme or not token.strip():
                 raise MalformedToken("authorization header needs '<scheme> <token>'")
             return FoundToken(_check(token.strip()), "header")
-    jar = request_cookies(headers)
+    if jar is None:
+        jar = request_cookies(headers)
     access = jar.get(cookies.access)
     if access:
         refresh = jar.get(cookies.refresh) or None
@@ -96,10 +100,6 @@ def find_token(headers: Headers, cookies: CookieSettings) -> FoundToken | None:
     if guest:
         return FoundToken(_check(guest), "guest_cookie")
     return None
-
-
-def refresh_cookie(headers: Headers, cookies: CookieSettings) -> str | None:
-    return request_cookies(headers).get(cookies.refresh) or None
 
 
 def jwt_claims(token: str) -> dict[str, Any] | None:

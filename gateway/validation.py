@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import time
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -71,7 +72,7 @@ class Validator:
         self._roles_field = auth.validate.roles_field
         self._scheme = auth.scheme
         self._skew = auth.refresh.clock_skew_s
-        self._cache: TTLCache[bytes, Identity] | None = (
+        self._cache: TTLCache[bytes, tuple[Identity, float]] | None = (
             TTLCache(maxsize=auth.cache_max_entries, ttl=auth.cache_ttl_s)
             if auth.cache_ttl_s > 0 else None
         )
@@ -87,26 +88,33 @@ class Validator:
         if self._cache is not None:
             cached = self._cache.get(key)
             if cached is not None:
-                return Validation(cached, "hit")
+                known, until = cached
+                if until >= time.time():
+                    return Validation(known, "hit")
+                del self._cache[key]  # the token expired within the cache window
         claims = jwt_claims(token.value)
-        exp = claims.get("exp") if claims else None
-        if isinstance(exp, int | float) and exp + self._skew < time.time():
+        expires = self._expires(claims)
+        if expires < time.time():
             return Validation(None, "miss", local=True)
         guest = token.source == "guest_cookie" or bool(claims and claims.get("typ") == "guest")
         identity, merged = await self._flights.run(
-            key, lambda: self._ask_backend(token.value, key, guest))
+            key, lambda: self._ask_backend(token.value, key, guest, expires))
         return Validation(identity, "merged" if merged else "miss")
 
-    def prime(self, token: str, identity: Identity) -> None:
-        """Remember a token known to be valid (a freshly refreshed one)."""
-        if self._cache is not None:
-            self._cache[token_key(token)] = identity
+    def _expires(self, claims: dict[str, Any] | None) -> float:
+        """When a token stops being usable: its JWT ``exp`` plus the allowed clock skew."""
+        exp = claims.get("exp") if claims else None
+        if isinstance(exp, int | float) and not isinstance(exp, bool):
+            return float(exp) + self._skew
+        return math.inf
+
 
     def forget(self, token: str) -> None:
         if self._cache is not None:
             self._cache.pop(token_key(token), None)
 
-    async def _ask_backend(self, token: str, key: bytes, guest: bool) -> Identity | None:
+    async def _ask_backend(self, token: str, key: bytes, guest: bool, expires: float
+                           ) -> Identity | None:
         reply = await self._client.call(
             self._method, self._path, headers={"authorization": f"{self._scheme} {token}"})
         if not reply.ok:
@@ -115,5 +123,5 @@ class Validator:
             dig(reply.body, self._user_path), id_field=self._id_field,
             roles_field=self._roles_field, token_type="guest" if guest else "user")
         if identity is not None and self._cache is not None:
-            self._cache[key] = identity
+            self._cache[key] = (identity, expires)
         return identity

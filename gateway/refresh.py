@@ -1,0 +1,121 @@
+"""Refresh a session: one backend call per credential, rotation grace, retries (§3.4).
+
+* Single-flight per refresh credential (the same :class:`SingleFlight` as validation):
+  concurrent requests holding one expired session cause exactly one backend refresh.
+* Rotation grace: for ``grace_s`` after a refresh, the old credential maps to the same new
+  tokens without a backend call, so browser tabs that raced a rotation stay logged in. Keys are
+  hashes of the credential; the new tokens are held no longer than the window.
+* A network error or 5xx is retried by :class:`AuthClient` and then surfaces as
+  :class:`BackendUnavailable` (503, cookies untouched); only a 400/401/403 is a rejection.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+from cachetools import TTLCache
+
+from gateway.authclient import AuthClient, AuthReply, BackendUnavailable, dig
+from gateway.settings import Settings
+from gateway.singleflight import SingleFlight
+from gateway.tokens import FoundToken, jwt_exp, token_key
+from gateway.validation import Identity, Validator
+
+REJECTED_STATUSES = frozenset({400, 401, 403})
+
+
+@dataclass(frozen=True, slots=True)
+class Refreshed:
+    """A successful refresh: the new tokens and who they belong to."""
+
+    access: str
+    refresh: str | None  # a rotated refresh token, else None
+    identity: Identity
+    set_cookies: tuple[str, ...] = ()  # relayed from the backend with send = "refresh_cookie"
+
+
+@dataclass(frozen=True, slots=True)
+class RefreshResult:
+    refreshed: Refreshed | None  # None: the backend rejected the credential
+    via: Literal["backend", "merged", "grace"]
+    status: int = 200
+
+
+class Refresher:
+    def __init__(self, settings: Settings, client: AuthClient, validator: Validator) -> None:
+        r = settings.auth.refresh
+        self._client = client
+        self._validator = validator
+        self._settings = r
+        self._scheme = settings.auth.scheme
+        self._refresh_cookie = settings.cookies.refresh
+        self._flights: SingleFlight[bytes, RefreshResult] = SingleFlight()
+        self._grace: TTLCache[bytes, Refreshed] | None = (
+            TTLCache(maxsize=settings.auth.cache_max_entries, ttl=r.grace_s)
+            if r.grace_s > 0 else None
+        )
+
+    @property
+    def uses_refresh_token(self) -> bool:
+        """False with ``send = "access_header"``: the access token is the credential."""
+        return self._settings.send != "access_header"
+
+    def due(self, access_token: str) -> bool:
+        """Proactive refresh: a JWT whose ``exp`` is within ``proactive_s + clock_skew_s``."""
+        if self._settings.proactive_s <= 0:
+            return False
+        exp = jwt_exp(access_token)
+        margin = self._settings.proactive_s + self._settings.clock_skew_s
+        return exp is not None and exp - time.time() <= margin
+
+    async def refresh(self, credential: str) -> RefreshResult:
+        """Raises :class:`BackendUnavailable` when the backend gives no verdict."""
+        key = token_key(credential)
+        if self._grace is not None:
+            recent = self._grace.get(key)
+            if recent is not None:
+                return RefreshResult(recent, "grace")
+        result, merged = await self._flights.run(key, lambda: self._call(credential, key))
+        return RefreshResult(result.refreshed, "merged", result.status) if merged else result
+
+    def forget(self, credential: str) -> None:
+        if self._grace is not None:
+            self._grace.pop(token_key(credential), None)
+
+    async def _call(self, credential: str, key: bytes) -> RefreshResult:
+        reply = await self._send(credential)
+        if reply.status in REJECTED_STATUSES:
+            return RefreshResult(None, "backend", reply.status)
+        if not reply.ok:  # 404, 429, ...: not a verdict on the session
+            raise BackendUnavailable("backend_error", f"refresh answered {reply.status}")
+        access = dig(reply.body, self._settings.access_path)
+        rotated = dig(reply.body, self._settings.refresh_path) if self._settings.refresh_path \
+            else None
+        if not isinstance(access, str) or not access:
+            raise BackendUnavailable("backend_error", "refresh reply has no access token")
+        validation = await self._validator.validate(FoundToken(access, "cookie"))
+        if validation.identity is None:
+            raise BackendUnavailable("backend_error", "refreshed token did not validate")
+        refreshed = Refreshed(
+            access=access,
+            refresh=rotated if isinstance(rotated, str) and rotated else None,
+            identity=validation.identity,
+            set_cookies=reply.set_cookies if self._settings.send == "refresh_cookie" else (),
+        )
+        if self._grace is not None:
+            self._grace[key] = refreshed
+        return RefreshResult(refreshed, "backend")
+
+    async def _send(self, credential: str) -> AuthReply:
+        send = self._settings.send
+        path = self._settings.path
+        if send == "access_header":
+            return await self._client.call(
+                "POST", path, headers={"authorization": f"{self._scheme} {credential}"})
+        if send == "refresh_body":
+            return await self._client.call(
+                "POST", path, json_body={self._settings.body_field: credential})
+        return await self._client.call(
+            "POST", path, headers={"cookie": f"{self._refresh_cookie}={credential}"})
