@@ -8,6 +8,7 @@ from gateway.audit import AuditLog
 from gateway.authclient import AuthClient
 from gateway.cookies import CookiePolicy
 from gateway.endpoints import Endpoints
+from gateway.guest import GuestIssuer
 from gateway.handler import HTTPHandler
 from gateway.login import LoginCapture, Logout
 from gateway.proxy import TrustedProxies, Upstream
@@ -30,14 +31,15 @@ class Gateway:
         self.validator = Validator(settings, self.auth_client)
         self.refresher = Refresher(settings, self.auth_client, self.validator)
         self.cookies = CookiePolicy(settings.cookies)
+        self.guests = GuestIssuer(settings, self.auth_client)
         self.http = HTTPHandler(
             settings,
             upstream=self.upstream,
             endpoints=Endpoints(settings.server.reserved_prefix),
             trusted=TrustedProxies(settings.server.trusted_proxies),
             router=Router(settings.routes, settings.default_route),
-            sessions=Sessions(settings, self.validator, self.refresher, self.cookies,
-                              self.audit),
+            sessions=Sessions(settings, self.validator, self.refresher, self.guests,
+                              self.cookies, self.audit),
             login=LoginCapture(settings, self.cookies, self.audit),
             logout=Logout(settings, self.auth_client, self.validator, self.refresher,
                           self.cookies, self.audit),

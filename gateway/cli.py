@@ -18,13 +18,22 @@ def _config_path(flag: str | None) -> Path:
 
 
 def _load(flag: str | None) -> Settings | None:
+    """The settings, or None after printing one line per problem (the file's, then what the
+    environment lacks for it, such as the local guest signing key)."""
+    from gateway.guest import environment_problems
+
     path = _config_path(flag)
     try:
-        return load_settings(path)
+        settings = load_settings(path)
     except SettingsError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
-        return None
+        problems = exc.problems
+    else:
+        problems = environment_problems(settings)
+        if not problems:
+            return settings
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    return None
 
 
 def summary(settings: Settings) -> str:

@@ -9,6 +9,7 @@ from urllib.parse import quote
 from gateway.audit import AuditLog
 from gateway.authclient import BackendUnavailable
 from gateway.endpoints import Endpoints
+from gateway.guest import GuestLimited
 from gateway.login import LoginCapture, Logout
 from gateway.proxy import TrustedProxies, Upstream, upstream_request_headers
 from gateway.responses import send_error, send_redirect
@@ -71,17 +72,20 @@ def _header(headers: Headers, name: bytes) -> bytes | None:
 
 
 def identity_headers(session: Session, scheme: str) -> list[tuple[bytes, bytes]]:
-    """What the upstream learns of the session: the token and who it is."""
+    """What the upstream learns of the session: the token (unless the backend could not
+    verify it: a local guest token) and who it is."""
     identity = session.identity
-    if identity is None or session.token is None:
+    if identity is None:
         return []
-    return [
-        (b"authorization", f"{scheme} {session.token}".encode("ascii")),
+    headers = [
         (b"x-auth-user-id", identity.user_id.encode("utf-8")),
         (b"x-auth-token-type", identity.token_type.encode("ascii")),
         (b"x-auth-user", identity.user_b64),
         *session.upstream_headers,
     ]
+    if session.token is not None:
+        headers.append((b"authorization", f"{scheme} {session.token}".encode("ascii")))
+    return headers
 
 
 class HTTPHandler:
@@ -147,6 +151,16 @@ class HTTPHandler:
         info = RequestInfo(request_id, client_ip, method, path)
         try:
             session = await self._sessions.resolve(headers, info)
+            if (session.identity is None and route.access == "guest"
+                    and self._sessions.issues_guests):
+                session = await self._sessions.issue_guest(session, info)
+        except GuestLimited as exc:
+            self._audit.emit("auth.denied", **info.fields(), outcome="limited",
+                             reason="guest_rate_limited")
+            await send_error(send, 429, "too_many_requests",
+                             "Too many new guest sessions; try again shortly.",
+                             [(b"retry-after", str(exc.retry_after).encode("ascii"))], head=head)
+            return
         except BackendUnavailable as exc:
             self._audit.emit("auth.backend_unavailable", **info.fields(), outcome="unavailable",
                              reason=exc.reason)

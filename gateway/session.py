@@ -12,11 +12,12 @@ from dataclasses import dataclass, field
 from gateway.audit import AuditLog, token_fp
 from gateway.authclient import BackendUnavailable
 from gateway.cookies import CookiePolicy
+from gateway.guest import GuestIssuer
 from gateway.refresh import Refresher
 from gateway.settings import Settings
 from gateway.tokens import FoundToken, MalformedToken, find_token, request_cookies
 from gateway.types import Headers
-from gateway.validation import Identity, Validator
+from gateway.validation import Identity, Validation, Validator
 
 
 @dataclass(slots=True)
@@ -46,12 +47,32 @@ class Session:
 
 class Sessions:
     def __init__(self, settings: Settings, validator: Validator, refresher: Refresher,
-                 cookies: CookiePolicy, audit: AuditLog) -> None:
+                 guests: GuestIssuer, cookies: CookiePolicy, audit: AuditLog) -> None:
         self._cookie_settings = settings.cookies
         self._validator = validator
         self._refresher = refresher
+        self._guests = guests
         self._cookies = cookies
         self._audit = audit
+
+    @property
+    def issues_guests(self) -> bool:
+        return self._guests.enabled
+
+    async def issue_guest(self, session: Session, info: RequestInfo) -> Session:
+        """Give an anonymous request on a guest route a new guest session (kept: the cookies
+        a cleared session must still clear). Raises :class:`GuestLimited` or
+        :class:`BackendUnavailable`."""
+        guest = await self._guests.issue(info.client_ip)
+        fp = token_fp(guest.token)
+        self._audit.emit("auth.guest_issued", **info.fields(), outcome="issued",
+                         user_id=guest.identity.user_id, token_fp=fp,
+                         mode="local" if self._guests.local else "backend")
+        return Session(identity=guest.identity,
+                       token=guest.token if guest.forward_token else None,
+                       token_fp=fp, reason="",
+                       response_headers=[*session.response_headers,
+                                         self._cookies.set("guest", guest.token)])
 
     async def resolve(self, headers: Headers, info: RequestInfo) -> Session:
         """Raises :class:`BackendUnavailable` when the backend gives no verdict."""
@@ -84,7 +105,10 @@ class Sessions:
 
     async def _validate(self, found: FoundToken, info: RequestInfo) -> Session:
         fp = token_fp(found.value)
-        result = await self._validator.validate(found)
+        if self._guests.local and found.source == "guest_cookie":
+            result = Validation(self._guests.validate_local(found.value), "miss", local=True)
+        else:
+            result = await self._validator.validate(found)
         identity = result.identity
         self._audit.emit(
             "auth.validated", **info.fields(),
@@ -96,7 +120,9 @@ class Sessions:
         )
         if identity is None:
             return Session(token_fp=fp, reason="invalid_token")
-        return Session(identity=identity, token=found.value, token_fp=fp, reason="")
+        forward = not (self._guests.local and identity.token_type == "guest")
+        return Session(identity=identity, token=found.value if forward else None, token_fp=fp,
+                       reason="")
 
     async def _refresh(self, credential: str, found: FoundToken | None, info: RequestInfo,
                        current: Session | None) -> Session:

@@ -119,6 +119,9 @@ class GuestSettings:
     password_env: str = ""
     secret_env: str = "GATEWAY_GUEST_SECRET"
     ttl_s: float = 3600.0
+    # Backend-mode flood bounds. Not in CONTRACT.md §2 yet (the guest issue asks for them).
+    max_concurrent: int = 16
+    per_client_per_minute: int = 30
 
 
 @dataclass(frozen=True)
@@ -487,6 +490,8 @@ def _check_guest(s: Settings, problems: list[str]) -> None:
     _abs_path(g.path, "guest.path", problems)
     _dotted(g.token_path, "guest.token_path", problems, allow_empty=False)
     _range(g.ttl_s, "guest.ttl_s", problems, low=0, low_inclusive=False)
+    _range(g.max_concurrent, "guest.max_concurrent", problems, low=1)
+    _range(g.per_client_per_minute, "guest.per_client_per_minute", problems, low=1)
     if g.username and not g.password_env:
         problems.append("guest.password_env: required when guest.username is set")
     if g.mode == "local" and not g.secret_env:

@@ -1,0 +1,147 @@
+"""Guest tokens for anonymous visitors of ``guest`` routes (CONTRACT.md §3.5).
+
+* ``backend`` mode: ``POST <auth.url><guest.path>`` mints the token. An anonymous flood must not
+  become a backend flood, so issuance is bounded twice: at most ``guest.max_concurrent`` calls
+  in flight, and at most ``guest.per_client_per_minute`` per client address. Over a bound the
+  client gets 429 with ``Retry-After`` at once; nothing queues.
+* ``local`` mode: the gateway signs an HS256 JWT (``sub = "guest:<uuid4>"``, ``typ = "guest"``)
+  with the key from ``$<guest.secret_env>`` and validates it itself; no backend call at all.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import time
+import uuid
+from dataclasses import dataclass
+
+import jwt
+from cachetools import TTLCache
+
+from gateway.authclient import AuthClient, BackendUnavailable, dig
+from gateway.settings import Settings, SettingsError
+from gateway.tokens import jwt_claims
+from gateway.validation import Identity
+
+MIN_SECRET_BYTES = 32
+_WINDOW_S = 60.0
+
+
+class GuestLimited(Exception):
+    """Too many guest issuances right now; answer 429 with ``retry_after``."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(f"guest issuance limited; retry after {retry_after}s")
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True, slots=True)
+class Guest:
+    token: str
+    identity: Identity
+    forward_token: bool  # backend mode: the token goes upstream as Authorization
+
+
+def guest_identity(guest_id: str) -> Identity:
+    user = json.dumps({"id": guest_id, "type": "guest"}, separators=(",", ":")).encode("ascii")
+    return Identity(guest_id, "guest", (), base64.urlsafe_b64encode(user).rstrip(b"="))
+
+
+def environment_problems(settings: Settings) -> list[str]:
+    """What the environment lacks for these settings (checked by ``check`` and ``serve``)."""
+    if not (settings.guest.enabled and settings.guest.mode == "local"):
+        return []
+    try:
+        _secret(settings)
+    except SettingsError as exc:
+        return exc.problems
+    return []
+
+
+def _secret(settings: Settings) -> bytes:
+    name = settings.guest.secret_env
+    value = os.environ.get(name, "")
+    if len(value.encode("utf-8")) < MIN_SECRET_BYTES:
+        state = "is not set" if not value else f"is shorter than {MIN_SECRET_BYTES} bytes"
+        raise SettingsError([
+            f"guest.secret_env: environment variable {name} {state} "
+            f'(guest.mode = "local" signs guest tokens with it)'])
+    return value.encode("utf-8")
+
+
+class GuestIssuer:
+    def __init__(self, settings: Settings, client: AuthClient) -> None:
+        g = settings.guest
+        self.enabled = g.enabled
+        self.local = g.mode == "local"
+        self._settings = g
+        self._client = client
+        self._secret = _secret(settings) if g.enabled and self.local else b""
+        self._password = os.environ.get(g.password_env, "") if g.password_env else ""
+        self._in_flight = 0
+        self._per_client: TTLCache[str, tuple[float, int]] = TTLCache(
+            maxsize=100_000, ttl=_WINDOW_S)
+
+    # ---------------------------------------------------------------- local tokens
+
+    def validate_local(self, token: str) -> Identity | None:
+        """A local guest token's identity, or None if forged, expired or not a guest token."""
+        try:
+            claims = jwt.decode(token, self._secret, algorithms=["HS256"],
+                                options={"require": ["exp", "iat", "sub"]})
+        except jwt.PyJWTError:
+            return None
+        sub = claims.get("sub")
+        if claims.get("typ") != "guest" or not isinstance(sub, str) or \
+                not sub.startswith("guest:"):
+            return None
+        return guest_identity(sub)
+
+    def _sign(self) -> Guest:
+        now = int(time.time())
+        guest_id = f"guest:{uuid.uuid4()}"
+        token = jwt.encode({"sub": guest_id, "typ": "guest", "iat": now,
+                            "exp": now + int(self._settings.ttl_s)}, self._secret,
+                           algorithm="HS256")
+        return Guest(token, guest_identity(guest_id), forward_token=False)
+
+    # ---------------------------------------------------------------- issuance
+
+    async def issue(self, client_ip: str) -> Guest:
+        """Raises :class:`GuestLimited` or :class:`BackendUnavailable`."""
+        if self.local:
+            return self._sign()
+        self._admit(client_ip)
+        self._in_flight += 1
+        try:
+            return await self._from_backend()
+        finally:
+            self._in_flight -= 1
+
+    def _admit(self, client_ip: str) -> None:
+        if self._in_flight >= self._settings.max_concurrent:
+            raise GuestLimited(1)
+        now = time.monotonic()
+        start, count = self._per_client.get(client_ip, (now, 0))
+        if now - start >= _WINDOW_S:
+            start, count = now, 0
+        if count >= self._settings.per_client_per_minute:
+            raise GuestLimited(max(1, int(_WINDOW_S - (now - start)) + 1))
+        self._per_client[client_ip] = (start, count + 1)
+
+    async def _from_backend(self) -> Guest:
+        body = None
+        if self._settings.username:
+            body = {"username": self._settings.username, "password": self._password}
+        reply = await self._client.call("POST", self._settings.path, json_body=body)
+        token = dig(reply.body, self._settings.token_path) if reply.ok else None
+        if not isinstance(token, str) or not token:
+            raise BackendUnavailable("backend_error", f"guest endpoint answered {reply.status}")
+        claims = jwt_claims(token) or {}
+        sub = claims.get("sub")
+        guest_id = sub if isinstance(sub, str) and sub else f"guest:{uuid.uuid4()}"
+        if not guest_id.startswith("guest:"):
+            guest_id = f"guest:{guest_id}"
+        return Guest(token, guest_identity(guest_id), forward_token=True)
