@@ -196,7 +196,8 @@ class Upstream:
         self._session = aiohttp.ClientSession(
             connector=connector,
             cookie_jar=aiohttp.DummyCookieJar(),
-            skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept"),
+            skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept", "Content-Type"),
+            trust_env=False,
             auto_decompress=False,
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=s.connect_timeout_s,
                                           sock_read=s.read_timeout_s),
