@@ -11,11 +11,13 @@ from gateway.endpoints import Endpoints
 from gateway.guest import GuestIssuer
 from gateway.handler import HTTPHandler
 from gateway.login import LoginCapture, Logout
+from gateway.metrics import Metrics
 from gateway.proxy import TrustedProxies, Upstream
 from gateway.refresh import Refresher
 from gateway.routes import Router
 from gateway.session import Sessions
 from gateway.settings import Settings
+from gateway.state import create_store
 from gateway.types import Receive, Scope, Send
 from gateway.validation import Validator
 
@@ -25,17 +27,21 @@ class Gateway:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.audit = AuditLog(settings.audit.sink)
+        self.metrics = Metrics()
+        self.audit = AuditLog(settings.audit.sink, on_event=self.metrics.event)
         self.upstream = Upstream(settings.upstream)
         self.auth_client = AuthClient(settings)
-        self.validator = Validator(settings, self.auth_client)
-        self.refresher = Refresher(settings, self.auth_client, self.validator)
+        self.store = create_store(settings, self.audit)
+        self.validator = Validator(settings, self.auth_client, self.store)
+        self.refresher = Refresher(settings, self.auth_client, self.validator, self.store)
         self.cookies = CookiePolicy(settings.cookies)
         self.guests = GuestIssuer(settings, self.auth_client)
         self.http = HTTPHandler(
             settings,
             upstream=self.upstream,
-            endpoints=Endpoints(settings.server.reserved_prefix),
+            endpoints=Endpoints(settings.server.reserved_prefix, client=self.auth_client,
+                                probe_path=settings.auth.validate.path, store=self.store,
+                                metrics=self.metrics),
             trusted=TrustedProxies(settings.server.trusted_proxies),
             router=Router(settings.routes, settings.default_route),
             sessions=Sessions(settings, self.validator, self.refresher, self.guests,
@@ -44,7 +50,13 @@ class Gateway:
             logout=Logout(settings, self.auth_client, self.validator, self.refresher,
                           self.cookies, self.audit),
             audit=self.audit,
+            count=self.metrics.response,
         )
+        self.metrics.gauge("gateway_validation_cache_entries",
+                           "Validations held in this process's cache",
+                           lambda: float(self.validator.cache_size))
+        self.metrics.gauge("gateway_state_healthy", "1 while the state store is reachable",
+                           lambda: 1.0 if self.store.healthy else 0.0)
         self._started = False
         self._start_lock = asyncio.Lock()
 
@@ -53,12 +65,14 @@ class Gateway:
             if not self._started:
                 await self.upstream.start()
                 await self.auth_client.start()
+                await self.store.start()
                 self._started = True
 
     async def shutdown(self) -> None:
         if self._started:
             await self.upstream.close()
             await self.auth_client.close()
+            await self.store.close()
             self._started = False
         self.audit.close()
 

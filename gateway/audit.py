@@ -12,7 +12,7 @@ import hashlib
 import re
 import sys
 import threading
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 from datetime import UTC, datetime
 from typing import IO, Any, TextIO
 
@@ -100,7 +100,9 @@ def _open_sink(sink: str) -> tuple[TextIO, bool]:
 class AuditLog:
     """Writes audit events to the configured sink (``stdout``, ``stderr`` or a file path)."""
 
-    def __init__(self, sink: str = "stdout") -> None:
+    def __init__(self, sink: str = "stdout",
+                 on_event: Callable[[str, str], None] | None = None) -> None:
+        self._on_event = on_event
         self._stream, self._owned = _open_sink(sink)
         self._logger = structlog.wrap_logger(
             _LineWriter(self._stream),
@@ -111,6 +113,8 @@ class AuditLog:
     def emit(self, event: str, **fields: Any) -> None:
         """Write one event; ``fields`` are the common ones plus the event's own."""
         self._logger.info(event, **fields)
+        if self._on_event is not None:
+            self._on_event(event, str(fields.get("outcome", "")))
 
     def close(self) -> None:
         if self._owned:

@@ -101,6 +101,16 @@ class AuthClient:
             await asyncio.sleep(delay * random.uniform(0.5, 1.5))
             attempt += 1
 
+    async def probe(self, path: str) -> bool:
+        """Whether the auth backend answers at all (any status below 500), without retries."""
+        assert self._session is not None, "AuthClient.start() was not awaited"
+        try:
+            async with self._session.get(self._base + path, allow_redirects=False,
+                                         timeout=aiohttp.ClientTimeout(total=2.0)) as resp:
+                return resp.status < 500
+        except (aiohttp.ClientError, OSError, TimeoutError):
+            return False
+
     async def _once(
         self, method: str, url: str, headers: Mapping[str, str] | None, json_body: Any
     ) -> AuthReply:

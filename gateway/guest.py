@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import os
 import time
 import uuid
@@ -101,9 +102,10 @@ class GuestIssuer:
 
     def _sign(self) -> Guest:
         now = int(time.time())
+        # Whole seconds (PyJWT truncates), ttl rounded up: a 0.5 s ttl must not be born dead.
         guest_id = f"guest:{uuid.uuid4()}"
         token = jwt.encode({"sub": guest_id, "typ": "guest", "iat": now,
-                            "exp": now + int(self._settings.ttl_s)}, self._secret,
+                            "exp": now + math.ceil(self._settings.ttl_s)}, self._secret,
                            algorithm="HS256")
         return Guest(token, guest_identity(guest_id), forward_token=False)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Callable
 from urllib.parse import quote
 
 from gateway.audit import AuditLog
@@ -47,10 +48,13 @@ def request_id_of(scope: Scope) -> str:
     return uuid.uuid4().hex
 
 
-def _with_request_id(send: Send, request_id: bytes) -> Send:
+def _with_request_id(send: Send, request_id: bytes, count: Callable[[int], None]) -> Send:
+    """Every response carries ``x-request-id``, and is counted by status."""
+
     async def wrapped(message: Message) -> None:
         if message["type"] == "http.response.start":
             message["headers"] = [*message.get("headers", ()), (b"x-request-id", request_id)]
+            count(message["status"])
         await send(message)
 
     return wrapped
@@ -101,6 +105,7 @@ class HTTPHandler:
         login: LoginCapture,
         logout: Logout,
         audit: AuditLog,
+        count: Callable[[int], None],
     ) -> None:
         self._upstream = upstream
         self._endpoints = endpoints
@@ -108,6 +113,7 @@ class HTTPHandler:
         self._router = router
         self._sessions = sessions
         self._audit = audit
+        self._count = count
         self._login_capture = login
         self._logout = logout
         self._scheme = settings.auth.scheme
@@ -115,7 +121,7 @@ class HTTPHandler:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request_id = request_id_of(scope)
-        send = _with_request_id(send, request_id.encode("ascii"))
+        send = _with_request_id(send, request_id.encode("ascii"), self._count)
         method: str = scope["method"]
         head = method == "HEAD"
         try:

@@ -107,8 +107,8 @@ class Logout:
         revoked = await self._revoke(access, refresh, info)
         for token in (access, refresh):
             if token:
-                self._validator.forget(token)
-                self._refresher.forget(token)
+                await self._validator.forget(token)
+                await self._refresher.forget(token)
         self._audit.emit("auth.logout", **info.fields(), outcome="ok", revoked=revoked,
                          token_fp=token_fp(access) if access else None)
         cleared = self._cookies.clear_all()

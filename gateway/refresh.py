@@ -11,19 +11,20 @@
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
-from typing import Literal
-
-from cachetools import TTLCache
+from typing import Any, Literal
 
 from gateway.authclient import AuthClient, AuthReply, BackendUnavailable, dig
 from gateway.settings import Settings
-from gateway.singleflight import SingleFlight
+from gateway.singleflight import SharedFlight
+from gateway.state import Store
 from gateway.tokens import FoundToken, jwt_exp, token_key
 from gateway.validation import Identity, Validator
 
 REJECTED_STATUSES = frozenset({400, 401, 403})
+_GRACE = b"grace:"
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +36,16 @@ class Refreshed:
     identity: Identity
     set_cookies: tuple[str, ...] = ()  # relayed from the backend with send = "refresh_cookie"
 
+    def pack(self) -> bytes:
+        return json.dumps({"access": self.access, "refresh": self.refresh,
+                           "identity": self.identity.encode(),
+                           "cookies": list(self.set_cookies)}).encode("utf-8")
+
+    @classmethod
+    def unpack(cls, data: dict[str, Any]) -> Refreshed:
+        return cls(data["access"], data["refresh"], Identity.decode(data["identity"]),
+                   tuple(data["cookies"]))
+
 
 @dataclass(frozen=True, slots=True)
 class RefreshResult:
@@ -44,18 +55,16 @@ class RefreshResult:
 
 
 class Refresher:
-    def __init__(self, settings: Settings, client: AuthClient, validator: Validator) -> None:
+    def __init__(self, settings: Settings, client: AuthClient, validator: Validator,
+                 store: Store) -> None:
         r = settings.auth.refresh
         self._client = client
         self._validator = validator
+        self._store = store
         self._settings = r
         self._scheme = settings.auth.scheme
         self._refresh_cookie = settings.cookies.refresh
-        self._flights: SingleFlight[bytes, RefreshResult] = SingleFlight()
-        self._grace: TTLCache[bytes, Refreshed] | None = (
-            TTLCache(maxsize=settings.auth.cache_max_entries, ttl=r.grace_s)
-            if r.grace_s > 0 else None
-        )
+        self._flights = SharedFlight(store, b"refresh")
 
     @property
     def uses_refresh_token(self) -> bool:
@@ -73,21 +82,23 @@ class Refresher:
     async def refresh(self, credential: str) -> RefreshResult:
         """Raises :class:`BackendUnavailable` when the backend gives no verdict."""
         key = token_key(credential)
-        if self._grace is not None:
-            recent = self._grace.get(key)
+        if self._settings.grace_s > 0:
+            recent = await self._store.get(_GRACE + key)
             if recent is not None:
-                return RefreshResult(recent, "grace")
-        result, merged = await self._flights.run(key, lambda: self._call(credential, key))
-        return RefreshResult(result.refreshed, "merged", result.status) if merged else result
+                return RefreshResult(Refreshed.unpack(json.loads(recent)), "grace")
+        packed, merged = await self._flights.run(key, lambda: self._call(credential, key))
+        data = json.loads(packed)
+        if "rejected" in data:
+            return RefreshResult(None, "merged" if merged else "backend", data["rejected"])
+        return RefreshResult(Refreshed.unpack(data), "merged" if merged else "backend")
 
-    def forget(self, credential: str) -> None:
-        if self._grace is not None:
-            self._grace.pop(token_key(credential), None)
+    async def forget(self, credential: str) -> None:
+        await self._store.delete(_GRACE + token_key(credential))
 
-    async def _call(self, credential: str, key: bytes) -> RefreshResult:
+    async def _call(self, credential: str, key: bytes) -> bytes:
         reply = await self._send(credential)
         if reply.status in REJECTED_STATUSES:
-            return RefreshResult(None, "backend", reply.status)
+            return json.dumps({"rejected": reply.status}).encode("utf-8")
         if not reply.ok:  # 404, 429, ...: not a verdict on the session
             raise BackendUnavailable("backend_error", f"refresh answered {reply.status}")
         access = dig(reply.body, self._settings.access_path)
@@ -104,9 +115,9 @@ class Refresher:
             identity=validation.identity,
             set_cookies=reply.set_cookies if self._settings.send == "refresh_cookie" else (),
         )
-        if self._grace is not None:
-            self._grace[key] = refreshed
-        return RefreshResult(refreshed, "backend")
+        packed = refreshed.pack()
+        await self._store.set(_GRACE + key, packed, self._settings.grace_s)
+        return packed
 
     async def _send(self, credential: str) -> AuthReply:
         send = self._settings.send

@@ -11,6 +11,8 @@ import asyncio
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Generic, TypeVar
 
+from gateway.state.base import Store
+
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
 
@@ -38,3 +40,54 @@ class SingleFlight(Generic[K, V]):
             del self._inflight[key]
         if not future.cancelled():
             future.exception()  # retrieved: no "exception was never retrieved" warning
+
+
+class SharedFlight:
+    """:class:`SingleFlight` across processes: one execution per key among every worker and
+    replica that shares ``store``.
+
+    Inside a process, callers merge on a :class:`SingleFlight`. Its leader then claims the key
+    in the store: the winner runs the work and publishes the result (bytes) for
+    ``result_ttl_s``; a loser polls for that result and never calls the backend itself. If the
+    winner fails or dies, its claim is released or expires and a waiter takes over. With a
+    store that is not shared (memory), this is exactly :class:`SingleFlight`.
+    """
+
+    def __init__(self, store: Store, namespace: bytes, *, claim_ttl_s: float = 15.0,
+                 poll_s: float = 0.01, result_ttl_s: float = 5.0) -> None:
+        self._store = store
+        self._claim = namespace + b":claim:"
+        self._done = namespace + b":done:"
+        self._claim_ttl = claim_ttl_s
+        self._poll = poll_s
+        self._result_ttl = result_ttl_s
+        self._local: SingleFlight[bytes, tuple[bytes, bool]] = SingleFlight()
+
+    async def run(self, key: bytes, work: Callable[[], Awaitable[bytes]]) -> tuple[bytes, bool]:
+        (value, remote), merged = await self._local.run(key, lambda: self._across(key, work))
+        return value, merged or remote
+
+    async def _across(self, key: bytes, work: Callable[[], Awaitable[bytes]]
+                      ) -> tuple[bytes, bool]:
+        store = self._store
+        if not store.shared:
+            return await work(), False
+        claim, done = self._claim + key, self._done + key
+        while True:
+            if await store.claim(claim, self._claim_ttl):
+                try:
+                    value = await work()
+                    await store.set(done, value, self._result_ttl)
+                    return value, False
+                finally:
+                    await store.release(claim)
+            while True:  # another process is on it: wait for its result
+                await asyncio.sleep(self._poll)
+                published = await store.get(done)
+                if published is not None:
+                    return published, True
+                if not await store.held(claim):
+                    break  # it failed or died without a result: try to take over
+            published = await store.get(done)
+            if published is not None:
+                return published, True

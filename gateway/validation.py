@@ -1,4 +1,9 @@
-"""Validate a token: per-token cache, in-flight merge, backend call (CONTRACT.md §3.2)."""
+"""Validate a token: per-token cache, in-flight merge, backend call (CONTRACT.md §3.2).
+
+The cache and the merge live in the state store (memory or Redis), so with Redis every worker
+and replica shares them: a token is checked at the backend at most once per ``cache_ttl_s``
+across the whole deployment.
+"""
 
 from __future__ import annotations
 
@@ -9,15 +14,15 @@ import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from cachetools import TTLCache
-
 from gateway.authclient import AuthClient, dig
 from gateway.settings import Settings
-from gateway.singleflight import SingleFlight
+from gateway.singleflight import SharedFlight
+from gateway.state import MemoryStore, Store
 from gateway.tokens import FoundToken, jwt_claims, token_key
 
 TokenType = Literal["user", "guest"]
 CacheState = Literal["hit", "miss", "merged"]
+_CACHE = b"validated:"
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +33,16 @@ class Identity:
     token_type: TokenType
     roles: tuple[str, ...]
     user_b64: bytes  # base64url (unpadded) of the user object's JSON, for x-auth-user
+
+    def encode(self) -> dict[str, Any]:
+        return {"id": self.user_id, "type": self.token_type, "roles": list(self.roles),
+                "user": self.user_b64.decode("ascii")}
+
+    @classmethod
+    def decode(cls, data: dict[str, Any]) -> Identity:
+        token_type: TokenType = "guest" if data["type"] == "guest" else "user"
+        return cls(str(data["id"]), token_type, tuple(data["roles"]),
+                   str(data["user"]).encode("ascii"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,12 +74,28 @@ def identity_from_user(user: Any, *, id_field: str, roles_field: str,
                     base64.urlsafe_b64encode(encoded).rstrip(b"="))
 
 
+def _pack(identity: Identity | None, expires: float) -> bytes:
+    if identity is None:
+        return b""
+    until = expires if math.isfinite(expires) else None
+    return json.dumps({**identity.encode(), "until": until}).encode("utf-8")
+
+
+def _unpack(data: bytes) -> tuple[Identity | None, float]:
+    if not data:
+        return None, math.inf
+    fields = json.loads(data)
+    until = fields.get("until")
+    return Identity.decode(fields), math.inf if until is None else float(until)
+
+
 class Validator:
     """Answers "who is this token?" at most once per token per ``cache_ttl_s``."""
 
-    def __init__(self, settings: Settings, client: AuthClient) -> None:
+    def __init__(self, settings: Settings, client: AuthClient, store: Store) -> None:
         auth = settings.auth
         self._client = client
+        self._store = store
         self._method = auth.validate.method.upper()
         self._path = auth.validate.path
         self._user_path = auth.validate.user_path
@@ -72,33 +103,32 @@ class Validator:
         self._roles_field = auth.validate.roles_field
         self._scheme = auth.scheme
         self._skew = auth.refresh.clock_skew_s
-        self._cache: TTLCache[bytes, tuple[Identity, float]] | None = (
-            TTLCache(maxsize=auth.cache_max_entries, ttl=auth.cache_ttl_s)
-            if auth.cache_ttl_s > 0 else None
-        )
-        self._flights: SingleFlight[bytes, Identity | None] = SingleFlight()
+        self._ttl = auth.cache_ttl_s
+        self._flights = SharedFlight(store, b"validate")
 
     @property
     def cache_size(self) -> int:
-        return len(self._cache) if self._cache is not None else 0
+        """Entries held by a per-process store (a Redis store bounds itself)."""
+        return len(self._store) if isinstance(self._store, MemoryStore) else 0
 
     async def validate(self, token: FoundToken) -> Validation:
         """Raises :class:`gateway.authclient.BackendUnavailable` when no verdict can be had."""
         key = token.key
-        if self._cache is not None:
-            cached = self._cache.get(key)
-            if cached is not None:
-                known, until = cached
+        if self._ttl > 0:
+            cached = await self._store.get(_CACHE + key)
+            if cached:
+                known, until = _unpack(cached)
                 if until >= time.time():
                     return Validation(known, "hit")
-                del self._cache[key]  # the token expired within the cache window
+                await self._store.delete(_CACHE + key)  # the token expired in the window
         claims = jwt_claims(token.value)
         expires = self._expires(claims)
         if expires < time.time():
             return Validation(None, "miss", local=True)
         guest = token.source == "guest_cookie" or bool(claims and claims.get("typ") == "guest")
-        identity, merged = await self._flights.run(
+        packed, merged = await self._flights.run(
             key, lambda: self._ask_backend(token.value, key, guest, expires))
+        identity, _ = _unpack(packed)
         return Validation(identity, "merged" if merged else "miss")
 
     def _expires(self, claims: dict[str, Any] | None) -> float:
@@ -108,20 +138,18 @@ class Validator:
             return float(exp) + self._skew
         return math.inf
 
+    async def forget(self, token: str) -> None:
+        await self._store.delete(_CACHE + token_key(token))
 
-    def forget(self, token: str) -> None:
-        if self._cache is not None:
-            self._cache.pop(token_key(token), None)
-
-    async def _ask_backend(self, token: str, key: bytes, guest: bool, expires: float
-                           ) -> Identity | None:
+    async def _ask_backend(self, token: str, key: bytes, guest: bool, expires: float) -> bytes:
         reply = await self._client.call(
             self._method, self._path, headers={"authorization": f"{self._scheme} {token}"})
         if not reply.ok:
-            return None  # 401/403 (or another 4xx): not a valid token
+            return b""  # 401/403 (or another 4xx): not a valid token
         identity = identity_from_user(
             dig(reply.body, self._user_path), id_field=self._id_field,
             roles_field=self._roles_field, token_type="guest" if guest else "user")
-        if identity is not None and self._cache is not None:
-            self._cache[key] = (identity, expires)
-        return identity
+        packed = _pack(identity, expires)
+        if identity is not None and self._ttl > 0:
+            await self._store.set(_CACHE + key, packed, self._ttl)
+        return packed
