@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from gateway.audit import AuditLog
 from gateway.authclient import AuthClient
 from gateway.cookies import CookiePolicy
 from gateway.endpoints import Endpoints
-from gateway.guest import GuestIssuer
+from gateway.guest import GuestIssuer, guest_secret
 from gateway.handler import HTTPHandler
 from gateway.login import LoginCapture, Logout
 from gateway.metrics import Metrics
@@ -16,7 +17,7 @@ from gateway.proxy import TrustedProxies, Upstream
 from gateway.refresh import Refresher
 from gateway.routes import Router
 from gateway.session import Sessions
-from gateway.settings import Settings
+from gateway.settings import Settings, SettingsError
 from gateway.state import create_store
 from gateway.types import Receive, Scope, Send
 from gateway.validation import Validator
@@ -35,7 +36,7 @@ class Gateway:
         self.validator = Validator(settings, self.auth_client, self.store)
         self.refresher = Refresher(settings, self.auth_client, self.validator, self.store)
         self.cookies = CookiePolicy(settings.cookies)
-        self.guests = GuestIssuer(settings, self.auth_client)
+        self.guests = GuestIssuer(settings, self.auth_client, self.store)
         self.http = HTTPHandler(
             settings,
             upstream=self.upstream,
@@ -98,6 +99,25 @@ class Gateway:
                 await self.shutdown()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+
+def environment_problems(settings: Settings) -> list[str]:
+    """What the environment lacks for these settings (keys named by ``*_env``), one line per
+    problem naming the key; ``gateway check`` and ``gateway serve`` report them up front."""
+    problems: list[str] = []
+    checks: list[Callable[[Settings], object]] = []
+    if settings.guest.enabled and settings.guest.mode == "local":
+        checks.append(guest_secret)
+    if settings.state.backend == "redis":
+        from gateway.state.redis import state_key_material
+
+        checks.append(state_key_material)
+    for check in checks:
+        try:
+            check(settings)
+        except SettingsError as exc:
+            problems.extend(exc.problems)
+    return problems
 
 
 def create_app(settings: Settings) -> Gateway:

@@ -20,7 +20,7 @@ def _config_path(flag: str | None) -> Path:
 def _load(flag: str | None) -> Settings | None:
     """The settings, or None after printing one line per problem (the file's, then what the
     environment lacks for it, such as the local guest signing key)."""
-    from gateway.guest import environment_problems
+    from gateway.app import environment_problems
 
     path = _config_path(flag)
     try:
@@ -81,6 +81,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     host = args.host or settings.server.host
     port = args.port if args.port is not None else settings.server.port
     workers = args.workers or settings.server.workers
+    if workers > 1 and settings.state.backend == "memory":
+        print(f"warning: {workers} workers with [state] backend = \"memory\": validation "
+              "merging, refresh single-flight and rotation grace hold per worker only; use "
+              "backend = \"redis\" to make the workers act as one", file=sys.stderr)
     os.environ["GATEWAY_CONFIG"] = str(path.resolve())
     uvicorn.run(
         "gateway.asgi:app",

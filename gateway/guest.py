@@ -23,8 +23,9 @@ from cachetools import TTLCache
 
 from gateway.authclient import AuthClient, BackendUnavailable, dig
 from gateway.settings import Settings, SettingsError
-from gateway.tokens import jwt_claims
-from gateway.validation import Identity
+from gateway.state import Store
+from gateway.tokens import jwt_claims, token_key
+from gateway.validation import GUEST_MARK, Identity
 
 MIN_SECRET_BYTES = 32
 _WINDOW_S = 60.0
@@ -50,18 +51,7 @@ def guest_identity(guest_id: str) -> Identity:
     return Identity(guest_id, "guest", (), base64.urlsafe_b64encode(user).rstrip(b"="))
 
 
-def environment_problems(settings: Settings) -> list[str]:
-    """What the environment lacks for these settings (checked by ``check`` and ``serve``)."""
-    if not (settings.guest.enabled and settings.guest.mode == "local"):
-        return []
-    try:
-        _secret(settings)
-    except SettingsError as exc:
-        return exc.problems
-    return []
-
-
-def _secret(settings: Settings) -> bytes:
+def guest_secret(settings: Settings) -> bytes:
     name = settings.guest.secret_env
     value = os.environ.get(name, "")
     if len(value.encode("utf-8")) < MIN_SECRET_BYTES:
@@ -73,13 +63,15 @@ def _secret(settings: Settings) -> bytes:
 
 
 class GuestIssuer:
-    def __init__(self, settings: Settings, client: AuthClient) -> None:
+    def __init__(self, settings: Settings, client: AuthClient, store: Store) -> None:
         g = settings.guest
         self.enabled = g.enabled
         self.local = g.mode == "local"
         self._settings = g
         self._client = client
-        self._secret = _secret(settings) if g.enabled and self.local else b""
+        self._store = store
+        self._mark_ttl = max(g.ttl_s, settings.cookies.guest_max_age_s)
+        self._secret = guest_secret(settings) if g.enabled and self.local else b""
         self._password = os.environ.get(g.password_env, "") if g.password_env else ""
         self._in_flight = 0
         self._per_client: TTLCache[str, tuple[float, int]] = TTLCache(
@@ -146,4 +138,7 @@ class GuestIssuer:
         guest_id = sub if isinstance(sub, str) and sub else f"guest:{uuid.uuid4()}"
         if not guest_id.startswith("guest:"):
             guest_id = f"guest:{guest_id}"
+        # Remember it as a guest token: presented later in Authorization, where the backend's
+        # /auth/me may not say "guest", it must still never pass for a user.
+        await self._store.set(GUEST_MARK + token_key(token), b"1", self._mark_ttl)
         return Guest(token, guest_identity(guest_id), forward_token=True)

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from gateway.authclient import AuthClient, dig
+from gateway.authclient import AuthClient, BackendUnavailable, dig
 from gateway.settings import Settings
 from gateway.singleflight import SharedFlight
 from gateway.state import MemoryStore, Store
@@ -23,6 +23,7 @@ from gateway.tokens import FoundToken, jwt_claims, token_key
 TokenType = Literal["user", "guest"]
 CacheState = Literal["hit", "miss", "merged"]
 _CACHE = b"validated:"
+GUEST_MARK = b"guest-issued:"  # tokens the gateway obtained as guest tokens: never users
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +68,10 @@ def identity_from_user(user: Any, *, id_field: str, roles_field: str,
         roles = tuple(r for r in raw_roles if isinstance(r, str))
     else:
         roles = ()
-    if user.get("type") == "guest" or str(user_id).startswith("guest:"):
+    declared = user.get("type")
+    if declared in ("user", "guest"):
+        token_type = declared  # the backend said what the token is: that wins
+    elif str(user_id).startswith("guest:"):
         token_type = "guest"
     encoded = json.dumps(user, separators=(",", ":"), ensure_ascii=True).encode("ascii")
     return Identity(str(user_id), token_type, roles,
@@ -125,7 +129,8 @@ class Validator:
         expires = self._expires(claims)
         if expires < time.time():
             return Validation(None, "miss", local=True)
-        guest = token.source == "guest_cookie" or bool(claims and claims.get("typ") == "guest")
+        guest = (token.source == "guest_cookie" or bool(claims and claims.get("typ") == "guest")
+                 or await self._store.get(GUEST_MARK + key) is not None)
         packed, merged = await self._flights.run(
             key, lambda: self._ask_backend(token.value, key, guest, expires))
         identity, _ = _unpack(packed)
@@ -144,8 +149,10 @@ class Validator:
     async def _ask_backend(self, token: str, key: bytes, guest: bool, expires: float) -> bytes:
         reply = await self._client.call(
             self._method, self._path, headers={"authorization": f"{self._scheme} {token}"})
-        if not reply.ok:
-            return b""  # 401/403 (or another 4xx): not a valid token
+        if reply.status in (401, 403):
+            return b""  # the token is not valid
+        if not reply.ok:  # 404, 429, ...: no verdict on the token
+            raise BackendUnavailable("backend_error", f"validate answered {reply.status}")
         identity = identity_from_user(
             dig(reply.body, self._user_path), id_field=self._id_field,
             roles_field=self._roles_field, token_type="guest" if guest else "user")
