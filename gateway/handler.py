@@ -141,9 +141,12 @@ class HTTPHandler:
             if path == self._logout.path:
                 await self._logout.handle(headers, send, info)
                 return
-            # The login endpoint is reachable without a session whatever the routes say.
-            forwarded = upstream_request_headers(scope, client_ip=client_ip,
-                                                 request_id=request_id, trusted=self._trusted)
+            # The login endpoint is reachable without a session whatever the routes say, and
+            # asked for an uncompressed reply: the gateway must read the tokens in it.
+            forwarded = [(k, v) for k, v in upstream_request_headers(
+                scope, client_ip=client_ip, request_id=request_id, trusted=self._trusted)
+                if k != b"accept-encoding"]
+            forwarded.append((b"accept-encoding", b"identity"))
             await self._upstream.forward(scope, receive, send, path=path, headers=forwarded,
                                          rewrite=self._login_capture.rewriter(info))
             return

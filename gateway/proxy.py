@@ -242,8 +242,9 @@ class Upstream:
         """Send the request upstream and stream the answer back to the client.
 
         ``rewrite`` (for the small JSON replies of login capture) gets a whole uncompressed
-        JSON body of at most 1 MiB and returns the headers to add and the body to send
-        instead; larger, compressed or non-JSON replies pass through unchanged."""
+        JSON body of at most 1 MiB, with or without Content-Length, and returns the headers to
+        add and the body to send instead; larger, compressed or non-JSON replies pass through
+        unchanged."""
         assert self._session is not None and self._slots is not None
         head = scope["method"] == "HEAD"
         own = [*extra_response_headers]
@@ -320,20 +321,29 @@ class Upstream:
             await self._pump(response, send)
             group.cancel_scope.cancel()
 
-    @staticmethod
     async def _relay_rewritten(
+        self,
         response: aiohttp.ClientResponse,
         send: Send,
         own: list[tuple[bytes, bytes]],
         rewrite: Rewrite,
     ) -> None:
+        buffer = bytearray()
         try:
-            payload = await response.read()
+            async for chunk in response.content.iter_chunked(_CHUNK):
+                buffer += chunk
+                if len(buffer) > _REWRITE_LIMIT:  # too big to be a login reply: pass it on
+                    await send({"type": "http.response.start", "status": response.status,
+                                "headers": [*response_headers(response.raw_headers), *own]})
+                    await send({"type": "http.response.body", "body": bytes(buffer),
+                                "more_body": True})
+                    await self._pump(response, send)
+                    return
         except (aiohttp.ClientError, OSError, TimeoutError):
             await send_error(send, 502, "upstream_error",
                              "The upstream response was cut short.", own)
             return
-        added, payload = rewrite(response.status, payload)
+        added, payload = rewrite(response.status, bytes(buffer))
         headers = [(k, v) for k, v in response_headers(response.raw_headers)
                    if k != b"content-length"]
         headers.append((b"content-length", str(len(payload)).encode("latin-1")))
@@ -359,7 +369,7 @@ def _rewritable(response: aiohttp.ClientResponse) -> bool:
     length = response.content_length
     encoding = response.headers.get("content-encoding", "identity").lower()
     return (
-        length is not None and length <= _REWRITE_LIMIT and encoding == "identity"
+        (length is None or length <= _REWRITE_LIMIT) and encoding == "identity"
         and "json" in response.headers.get("content-type", "").lower()
     )
 

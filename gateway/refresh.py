@@ -25,6 +25,7 @@ from gateway.validation import Identity, Validator
 
 REJECTED_STATUSES = frozenset({400, 401, 403})
 _GRACE = b"grace:"
+_GRACE_OF = b"grace-of:"  # new token -> the credential whose grace handed it out
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,8 +93,15 @@ class Refresher:
             return RefreshResult(None, "merged" if merged else "backend", data["rejected"])
         return RefreshResult(Refreshed.unpack(data), "merged" if merged else "backend")
 
-    async def forget(self, credential: str) -> None:
-        await self._store.delete(_GRACE + token_key(credential))
+    async def forget(self, token: str) -> None:
+        """Logout: end the grace of ``token`` as an old credential, and the grace that
+        ``token`` (a new access or refresh token) was handed out by."""
+        key = token_key(token)
+        origin = await self._store.get(_GRACE_OF + key)
+        await self._store.delete(_GRACE + key)
+        if origin is not None:
+            await self._store.delete(_GRACE + origin)
+            await self._store.delete(_GRACE_OF + key)
 
     async def _call(self, credential: str, key: bytes) -> bytes:
         reply = await self._send(credential)
@@ -116,7 +124,11 @@ class Refresher:
             set_cookies=reply.set_cookies if self._settings.send == "refresh_cookie" else (),
         )
         packed = refreshed.pack()
-        await self._store.set(_GRACE + key, packed, self._settings.grace_s)
+        grace = self._settings.grace_s
+        await self._store.set(_GRACE + key, packed, grace)
+        for token in (refreshed.access, refreshed.refresh):  # so logout can end the grace
+            if token and grace > 0:
+                await self._store.set(_GRACE_OF + token_key(token), key, grace)
         return packed
 
     async def _send(self, credential: str) -> AuthReply:

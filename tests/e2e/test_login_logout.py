@@ -1,0 +1,452 @@
+"""Login capture and logout on real sockets (CONTRACT.md §3.6, §3.9): the gateway, configured
+from the bundled presets, in front of the reference backend."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import tomllib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from http.cookiejar import CookieJar, DefaultCookiePolicy
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import Backend, MakeGateway, RunningGateway
+from tests.servers import serving
+
+CONFIG = Path(__file__).resolve().parents[2] / "config"
+ACCESS, REFRESH, GUEST = "userToken", "refreshToken", "guestToken"
+DEMO = {"email": "demo@example.com", "password": "demo-password"}
+WRONG = {"email": "demo@example.com", "password": "not-the-password"}
+
+
+# -- building a gateway from a preset (as in test_refresh.py) ----------------------------------
+
+
+def to_toml(data: dict[str, Any], prefix: str = "") -> str:
+    """Just enough TOML for a gateway config: scalars, lists of scalars, tables, [[arrays]]."""
+    scalars: list[str] = []
+    tables: list[str] = []
+    for key, value in data.items():
+        name = f"{prefix}.{key}" if prefix else key
+        if isinstance(value, dict):
+            tables.append(f"[{name}]\n{to_toml(value, name)}")
+        elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            tables.extend(f"[[{name}]]\n{to_toml(v, name)}" for v in value)
+        else:
+            scalars.append(f"{key} = {json.dumps(value)}")
+    return "\n".join([*scalars, *tables]) + "\n"
+
+
+def merge(into: dict[str, Any], changes: dict[str, Any]) -> None:
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            merge(into[key], value)
+        else:
+            into[key] = value
+
+
+StartGateway = Callable[..., RunningGateway]
+
+
+@pytest.fixture
+def start(make_gateway: MakeGateway, backend: Backend) -> StartGateway:
+    def factory(preset: str, overrides: dict[str, Any] | None = None,
+                routes: Sequence[dict[str, Any]] = ()) -> RunningGateway:
+        data = tomllib.loads((CONFIG / f"{preset}.toml").read_text())
+        merge(data, {"upstream": {"url": backend.url}, "cookies": {"secure": False},
+                     "auth": {"retry_backoff_s": 0.01}})
+        merge(data, overrides or {})
+        data["routes"] = [*routes, *data.get("routes", [])]
+        return make_gateway(to_toml(data))
+
+    return factory
+
+
+def client(gateway: RunningGateway) -> httpx.AsyncClient:
+    """A client that never keeps cookies: every test states exactly what it sends."""
+    jar = CookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
+    return httpx.AsyncClient(base_url=gateway.url, cookies=jar, timeout=20)
+
+
+def set_cookies(response: httpx.Response) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for header in response.headers.get_list("set-cookie"):
+        name = header.split("=", 1)[0].strip()
+        assert name not in found, f"{name} set twice: {response.headers.get_list('set-cookie')}"
+        found[name] = header
+    return found
+
+
+def cookie_value(header: str) -> str:
+    return header.split(";", 1)[0].split("=", 1)[1]
+
+
+def attributes(header: str) -> dict[str, str]:
+    parts = [p.strip() for p in header.split(";")[1:]]
+    return {p.split("=", 1)[0].lower(): (p.split("=", 1)[1] if "=" in p else "") for p in parts}
+
+
+def assert_cleared(response: httpx.Response, *names: str) -> None:
+    cookies = set_cookies(response)
+    for name in names:
+        assert name in cookies, f"{name} not cleared: {list(cookies.values())}"
+        attrs = attributes(cookies[name])
+        assert cookie_value(cookies[name]) == ""
+        assert attrs.get("max-age") == "0", cookies[name]
+        assert attrs.get("path") == "/", cookies[name]
+
+
+def upstream_saw(response: httpx.Response) -> dict[str, list[str]]:
+    seen: dict[str, list[str]] = {}
+    for name, value in response.json()["headers"]:
+        seen.setdefault(name.lower(), []).append(value)
+    return seen
+
+
+def assert_no_raw_tokens(gateway: RunningGateway, *secrets: str | None) -> None:
+    text = gateway.audit_path.read_text()
+    for secret in secrets:
+        if secret:
+            assert secret not in text, "a raw token or password was written to the audit stream"
+
+
+def fp(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()[:12]
+
+
+def mint(backend: Backend, typ: str = "access", ttl_s: float = 900) -> str:
+    reply = httpx.post(backend.url + "/__demo/token",
+                       json={"user_id": 1, "typ": typ, "ttl_s": ttl_s})
+    reply.raise_for_status()
+    return str(reply.json()["token"])
+
+
+def cookie_header(**cookies: str | None) -> dict[str, str]:
+    pairs = [f"{name}={value}" for name, value in cookies.items() if value]
+    return {"cookie": "; ".join(pairs)} if pairs else {}
+
+
+# -- login capture -------------------------------------------------------------------------------
+
+
+async def test_login_sets_cookies_and_strips_tokens(start: StartGateway,
+                                                    backend: Backend) -> None:
+    gw = start("next-api-layer")
+    async with client(gw) as c:
+        login = await c.post("/auth/login", json=DEMO,
+                             headers=cookie_header(guestToken=mint(backend, "guest")))
+        assert login.status_code == 200, login.text
+        cookies = set_cookies(login)
+        assert set(cookies) == {ACCESS, REFRESH, GUEST}
+        access, refresh = cookie_value(cookies[ACCESS]), cookie_value(cookies[REFRESH])
+        assert access and refresh and access != refresh
+        for name in (ACCESS, REFRESH):
+            attrs = attributes(cookies[name])
+            assert "httponly" in attrs
+            assert attrs["path"] == "/"
+            assert attrs["samesite"] == "Lax"
+            assert attrs["max-age"] == "604800"
+            assert "secure" not in attrs  # cookies.secure = false in these tests
+        assert_cleared(login, GUEST)
+        body = login.json()
+        assert body["success"] is True
+        assert body["data"]["user"]["id"] == 1  # the rest of the body is kept
+        assert "accessToken" not in body["data"] and "refreshToken" not in body["data"]
+        assert access not in login.text and refresh not in login.text
+        assert int(login.headers["content-length"]) == len(login.content)
+
+        follow = await c.get("/api/echo", headers=cookie_header(userToken=access,
+                                                                refreshToken=refresh))
+    assert follow.status_code == 200, follow.text
+    assert upstream_saw(follow)["authorization"] == [f"Bearer {access}"]
+    assert upstream_saw(follow)["x-auth-user-id"] == ["1"]
+    assert backend.calls("login") == 1
+    events = gw.events("auth.login")
+    assert len(events) == 1 and events[0]["token_fp"] == fp(access)
+    assert_no_raw_tokens(gw, access, refresh, DEMO["password"])
+
+
+async def test_login_keeps_tokens_in_body_without_strip(start: StartGateway) -> None:
+    gw = start("next-api-layer", {"auth": {"login": {"strip_tokens": False}}})
+    async with client(gw) as c:
+        login = await c.post("/auth/login", json=DEMO)
+    assert login.status_code == 200, login.text
+    data = login.json()["data"]
+    cookies = set_cookies(login)
+    assert data["accessToken"] == cookie_value(cookies[ACCESS])
+    assert data["refreshToken"] == cookie_value(cookies[REFRESH])
+    assert data["user"]["email"] == DEMO["email"]
+
+
+async def test_failed_login_passes_through_unchanged(start: StartGateway,
+                                                     backend: Backend) -> None:
+    gw = start("next-api-layer")
+    async with client(gw) as c:
+        direct = httpx.post(backend.url + "/auth/login", json=WRONG)
+        login = await c.post("/auth/login", json=WRONG,
+                             headers=cookie_header(guestToken=mint(backend, "guest")))
+    assert login.status_code == 401
+    assert login.content == direct.content
+    assert login.json() == {"success": False, "error": "invalid credentials"}
+    assert login.headers.get_list("set-cookie") == []
+    assert not gw.events("auth.login")
+    assert_no_raw_tokens(gw, WRONG["password"])
+
+
+async def test_simplejwt_create_is_captured(start: StartGateway, backend: Backend) -> None:
+    gw = start("django-simplejwt")
+    async with client(gw) as c:
+        login = await c.post("/auth/jwt/create/", json=DEMO)
+        assert login.status_code == 200, login.text
+        cookies = set_cookies(login)
+        assert set(cookies) == {ACCESS, REFRESH, GUEST}
+        assert_cleared(login, GUEST)
+        assert login.json() == {}  # {access, refresh}, both stripped
+        access, refresh = cookie_value(cookies[ACCESS]), cookie_value(cookies[REFRESH])
+        assert attributes(cookies[ACCESS])["max-age"] == "86400"  # the preset's lifetime
+
+        private = await c.get("/api/django/private/",
+                              headers=cookie_header(userToken=access, refreshToken=refresh))
+        assert private.status_code == 200, private.text
+        assert private.json() == {"private": True, "user_id": 1}
+        echo = await c.get("/api/echo",
+                           headers=cookie_header(userToken=access, refreshToken=refresh))
+        assert upstream_saw(echo)["authorization"] == [f"JWT {access}"]
+
+        bad = await c.post("/auth/jwt/create/", json=WRONG)
+    assert bad.status_code == 401
+    assert bad.headers.get_list("set-cookie") == []
+    assert bad.json() == {"detail": "No active account found with the given credentials"}
+    assert backend.calls("jwt_create") == 2
+    assert len(gw.events("auth.login")) == 1
+    assert_no_raw_tokens(gw, access, refresh, DEMO["password"])
+
+
+async def test_express_login_keeps_body_and_relays_refresh_cookie(
+        start: StartGateway, backend: Backend) -> None:
+    gw = start("express")
+    async with client(gw) as c:
+        login = await c.post("/api/auth/login", json=DEMO)
+        assert login.status_code == 200, login.text
+        cookies = set_cookies(login)
+        body = login.json()
+        assert body["user"]["id"] == 1
+        access = body["accessToken"]  # strip_tokens = false: the SPA reads it
+        assert cookie_value(cookies[ACCESS]) == access
+        refresh = cookie_value(cookies[REFRESH])  # the backend's own Set-Cookie, relayed
+        assert "HttpOnly" in cookies[REFRESH]
+        assert_cleared(login, GUEST)
+
+        me = await c.get("/api/echo", headers={"authorization": f"Bearer {access}",
+                                               **cookie_header(refreshToken=refresh)})
+    assert me.status_code == 200, me.text
+    assert upstream_saw(me)["authorization"] == [f"Bearer {access}"]
+    assert backend.calls("express_login") == 1
+    assert_no_raw_tokens(gw, access, refresh, DEMO["password"])
+
+
+# -- logout --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Flavour:
+    preset: str
+    login_path: str
+    logout_path: str
+    revoke_key: str  # the backend's stats key of the revoke endpoint
+    validate_key: str
+    refresh_key: str
+
+    def __str__(self) -> str:
+        return self.preset
+
+
+NEXT = Flavour("next-api-layer", "/auth/login", "/auth/logout", "logout", "me", "refresh")
+DJANGO = Flavour("django-simplejwt", "/auth/jwt/create/", "/auth/logout/", "jwt_blacklist",
+                 "users_me", "jwt_refresh")
+EXPRESS = Flavour("express", "/api/auth/login", "/api/auth/logout", "express_logout",
+                  "express_me", "refresh_token")
+
+
+async def login_through(c: httpx.AsyncClient, flavour: Flavour) -> tuple[str, str]:
+    """Log in through the gateway; the access and refresh cookies it answered with."""
+    reply = await c.post(flavour.login_path, json=DEMO)
+    assert reply.status_code == 200, reply.text
+    cookies = set_cookies(reply)
+    return cookie_value(cookies[ACCESS]), cookie_value(cookies[REFRESH])
+
+
+@pytest.mark.parametrize("flavour", [NEXT, DJANGO, EXPRESS], ids=str)
+async def test_logout_revokes_clears_and_forgets(start: StartGateway, backend: Backend,
+                                                 flavour: Flavour) -> None:
+    gw = start(flavour.preset, {"auth": {"cache_ttl_s": 60}})
+    async with client(gw) as c:
+        access, refresh = await login_through(c, flavour)
+        held = cookie_header(userToken=access, refreshToken=refresh)
+        for _ in range(2):  # validated once, then answered from the cache
+            ok = await c.get("/api/echo", headers=held)
+            assert ok.status_code == 200, ok.text
+        assert backend.calls(flavour.validate_key) == 1
+
+        out = await c.post(flavour.logout_path, headers=held)
+        assert out.status_code == 204, out.text
+        assert out.content == b""
+        assert_cleared(out, ACCESS, REFRESH, GUEST)
+        assert backend.calls(flavour.revoke_key) == 1
+
+        # The cache forgot the token: the next request asks the backend again.
+        after = await c.get("/api/echo", headers=held)
+        assert backend.calls(flavour.validate_key) == 2
+        if flavour is NEXT:
+            # The access token was revoked, and it is also the refresh credential here.
+            dead = after
+        else:
+            # SimpleJWT and Express revoke the refresh token only (an access token stays
+            # valid at the backend until it expires): it must not revive a session.
+            expired = cookie_header(userToken=mint(backend, "access", -60),
+                                    refreshToken=refresh)
+            dead = await c.get("/api/echo", headers=expired)
+    assert dead.status_code == 401, dead.text
+    assert_cleared(dead, ACCESS, REFRESH)
+    assert backend.calls(flavour.refresh_key) == 1
+    assert backend.stats()["refresh_ok"] == 0
+    logout = gw.events("auth.logout")
+    assert len(logout) == 1 and logout[0]["revoked"] == "ok"
+    assert logout[0]["token_fp"] == fp(access)
+    assert "rejected" in [e["reason"] for e in gw.events("auth.refresh_failed")]
+    assert not gw.events("auth.backend_unavailable")
+    assert_no_raw_tokens(gw, access, refresh, DEMO["password"])
+
+
+async def test_browser_logout_redirects_home(start: StartGateway, backend: Backend) -> None:
+    gw = start("next-api-layer")
+    async with client(gw) as c:
+        access, refresh = await login_through(c, NEXT)
+        out = await c.post("/auth/logout", headers={
+            "accept": "text/html,application/xhtml+xml,*/*;q=0.8",
+            **cookie_header(userToken=access, refreshToken=refresh)})
+    assert out.status_code == 302, out.text
+    assert out.headers["location"] == "/"
+    assert_cleared(out, ACCESS, REFRESH, GUEST)
+    assert backend.calls("logout") == 1
+
+
+async def test_logout_without_session_still_clears(start: StartGateway,
+                                                   backend: Backend) -> None:
+    gw = start("next-api-layer")
+    async with client(gw) as c:
+        out = await c.post("/auth/logout")
+    assert out.status_code == 204
+    assert_cleared(out, ACCESS, REFRESH, GUEST)
+    assert backend.calls("logout") == 0
+    assert [e["revoked"] for e in gw.events("auth.logout")] == ["skipped"]
+
+
+async def test_failing_revoke_still_logs_out(start: StartGateway, backend: Backend) -> None:
+    gw = start("next-api-layer")
+    retries = gw.app.settings.auth.retries
+    async with client(gw) as c:
+        access, refresh = await login_through(c, NEXT)
+        backend.fault("logout", 503, count=-1)
+        out = await c.post("/auth/logout",
+                           headers=cookie_header(userToken=access, refreshToken=refresh))
+    assert out.status_code == 204, out.text
+    assert_cleared(out, ACCESS, REFRESH, GUEST)
+    assert backend.calls("logout") == 1 + retries
+    logout = gw.events("auth.logout")
+    assert len(logout) == 1 and logout[0]["revoked"] == "failed"
+    unavailable = gw.events("auth.backend_unavailable")
+    assert len(unavailable) == 1 and unavailable[0]["path"] == "/auth/logout"
+    assert_no_raw_tokens(gw, access, refresh, DEMO["password"])
+
+
+
+@pytest.mark.parametrize("flavour", [NEXT, DJANGO], ids=str)
+async def test_logout_ends_the_rotation_grace_of_the_session(
+        start: StartGateway, backend: Backend, flavour: Flavour) -> None:
+    """A refresh leaves "old credential -> new tokens" in the grace cache. Logging out with the
+    new tokens must forget that too: otherwise, for grace_s after the logout, whoever presents
+    the pre-rotation credential is forwarded as the user (without any backend check) and gets
+    the revoked session's tokens set as cookies again. KNOWN BUG (see the report)."""
+    gw = start(flavour.preset)
+    old_access = mint(backend, "access", -60)
+    old_refresh = mint(backend, "refresh") if flavour is DJANGO else None
+    stale_tab = cookie_header(userToken=old_access, refreshToken=old_refresh)
+    async with client(gw) as c:
+        first = await c.get("/api/echo", headers=stale_tab)
+        assert first.status_code == 200, first.text
+        cookies = set_cookies(first)
+        new_access, new_refresh = cookie_value(cookies[ACCESS]), cookie_value(cookies[REFRESH])
+        out = await c.post(flavour.logout_path,
+                           headers=cookie_header(userToken=new_access, refreshToken=new_refresh))
+        assert out.status_code == 204
+        assert backend.calls(flavour.revoke_key) == 1
+
+        stale = await c.get("/api/echo", headers=stale_tab)  # well within grace_s (30 s)
+    assert stale.status_code == 401, (
+        f"logged-out session revived through the rotation grace: {stale.status_code}, "
+        f"upstream saw user {upstream_saw(stale).get('x-auth-user-id')}")
+    assert_cleared(stale, ACCESS, REFRESH)
+
+
+# -- login capture with backends that compress or stream their replies ---------------------------
+
+LOGIN_REPLY = json.dumps({"success": True, "data": {
+    "accessToken": "header.payload.signature", "refreshToken": "rheader.rpayload.rsignature",
+    "user": {"id": 1}}}).encode()
+
+
+async def _login_upstream(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """An upstream whose login reply is gzipped when the client accepts it (Django's
+    GZipMiddleware compresses anything over 200 bytes; Express ``compression()`` likewise), or
+    streamed without Content-Length (``/chunked/login``)."""
+    if scope["type"] == "lifespan":
+        while (await receive())["type"] != "lifespan.shutdown":
+            await send({"type": "lifespan.startup.complete"})
+        await send({"type": "lifespan.shutdown.complete"})
+        return
+    while (await receive()).get("more_body"):
+        pass
+    accepts = dict(scope["headers"]).get(b"accept-encoding", b"")
+    json_type = (b"content-type", b"application/json")
+    if scope["path"] == "/chunked/login":
+        await send({"type": "http.response.start", "status": 200, "headers": [json_type]})
+        await send({"type": "http.response.body", "body": LOGIN_REPLY[:25], "more_body": True})
+        await send({"type": "http.response.body", "body": LOGIN_REPLY[25:]})
+        return
+    body, headers = LOGIN_REPLY, [json_type]
+    if b"gzip" in accepts:
+        body = gzip.compress(LOGIN_REPLY)
+        headers.append((b"content-encoding", b"gzip"))
+    headers.append((b"content-length", str(len(body)).encode()))
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+@pytest.mark.parametrize(("path", "accept_encoding"), [
+    ("/auth/login", "identity"),
+    ("/auth/login", "gzip, deflate, br"),  # what every browser sends
+    ("/chunked/login", "identity"),
+], ids=["plain", "gzip", "chunked"])
+async def test_login_capture_whatever_the_reply_encoding(
+        make_gateway: MakeGateway, path: str, accept_encoding: str) -> None:
+    """§3.6: a 2xx JSON reply carrying the tokens puts them in cookies and strips them. With
+    a compressed or chunked reply the gateway currently passes it through untouched: no
+    cookies and the raw tokens exposed to page scripts. KNOWN BUG for gzip and chunked."""
+    with serving(_login_upstream) as upstream:
+        gw = make_gateway(f'[auth.login]\npath = "{path}"\n[cookies]\nsecure = false\n',
+                          upstream=upstream.url)
+        async with client(gw) as c:
+            reply = await c.post(path, json=DEMO, headers={"accept-encoding": accept_encoding})
+    assert reply.status_code == 200
+    cookies = set_cookies(reply)
+    assert ACCESS in cookies and REFRESH in cookies, reply.headers.get_list("set-cookie")
+    assert cookie_value(cookies[ACCESS]) == "header.payload.signature"
+    assert "payload" not in reply.text, reply.text
+    assert reply.json() == {"success": True, "data": {"user": {"id": 1}}}
