@@ -12,6 +12,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -82,15 +83,17 @@ class ServerProcess:
         self.env = {**os.environ, **(env or {})}
         self.ready_path = ready_path
         self.proc: subprocess.Popen[bytes] | None = None
+        # A file, not a pipe: nobody drains a pipe while the server runs, and a full pipe
+        # blocks the server on its next log line.
+        self.output = tempfile.TemporaryFile()
 
     def start(self, timeout: float = 20) -> ServerProcess:
-        self.proc = subprocess.Popen(self.args, env=self.env, stdout=subprocess.PIPE,
+        self.proc = subprocess.Popen(self.args, env=self.env, stdout=self.output,
                                      stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                out = self.proc.stdout.read().decode() if self.proc.stdout else ""
-                raise RuntimeError(f"{self.args} exited {self.proc.returncode}:\n{out}")
+                raise RuntimeError(f"{self.args} exited {self.proc.returncode}:\n{self.text()}")
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(self.url + self.ready_path, timeout=1).status_code < 500:
                     return self
@@ -98,16 +101,21 @@ class ServerProcess:
         self.stop()
         raise RuntimeError(f"{self.args} did not become ready")
 
+    def text(self) -> str:
+        """Everything the process has printed so far."""
+        self.output.seek(0)
+        return self.output.read().decode(errors="replace")
+
     def stop(self) -> str:
         if self.proc is None:
             return ""
         self.proc.terminate()
         try:
-            out, _ = self.proc.communicate(timeout=10)
+            self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            out, _ = self.proc.communicate()
-        return out.decode(errors="replace")
+            self.proc.wait()
+        return self.text()
 
 
 def python_module(*args: str) -> list[str]:

@@ -1,0 +1,150 @@
+"""Direct vs through the gateway: requests/s and latency at concurrency 1 and 32.
+
+    .venv/bin/python benchmarks/proxy_bench.py [--duration 8]
+
+Starts, each as its own process: a small upstream (a pure-ASGI app under uvicorn that answers
+``/auth/me`` for one known token and a ~200-byte JSON body elsewhere), and the gateway in front
+of it (``gateway serve``). Then drives them with Debian's ``wrk`` (a Python client if wrk is
+missing) and prints one table: direct, gateway on a public route, and gateway on a user route
+with a cached token (the common authenticated case), with the ratio to direct.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.servers import ServerProcess, free_port  # noqa: E402
+
+TOKEN = "bench-token-0123456789abcdef"
+UPSTREAM = textwrap.dedent(f'''
+    import json
+    BODY = json.dumps({{"items": [{{"id": i, "name": "item-%d" % i}} for i in range(6)]}}).encode()
+    ME = json.dumps({{"success": True, "data": {{"id": 1, "roles": ["user"]}}}}).encode()
+
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        if scope["path"] == "/auth/me":
+            auth = dict(scope["headers"]).get(b"authorization", b"")
+            ok = auth == b"Bearer {TOKEN}"
+            await send({{"type": "http.response.start", "status": 200 if ok else 401,
+                        "headers": [(b"content-type", b"application/json"),
+                                    (b"content-length", str(len(ME) if ok else 2).encode())]}})
+            await send({{"type": "http.response.body", "body": ME if ok else b"{{}}"}})
+            return
+        await send({{"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(BODY)).encode())]}})
+        await send({{"type": "http.response.body", "body": BODY}})
+''')
+
+
+def _wrk(url: str, concurrency: int, duration: float, headers: list[str]) -> tuple[float, float, float]:
+    args = ["wrk", "-t", "1" if concurrency == 1 else "2", "-c", str(concurrency),
+            "-d", f"{duration:g}s", "--latency"]
+    for header in headers:
+        args += ["-H", header]
+    out = subprocess.run([*args, url], capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+
+    def pct(label: str) -> float:
+        match = re.search(rf"\s{label}%\s+([\d.]+)(us|ms|s)", out)
+        assert match, out
+        value, unit = float(match.group(1)), match.group(2)
+        return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+
+    return rps, pct("50"), pct("99")
+
+
+async def _python_load(url: str, concurrency: int, duration: float, headers: list[str]
+                       ) -> tuple[float, float, float]:
+    hdrs = dict(h.split(": ", 1) for h in headers)
+    latencies: list[float] = []
+    deadline = time.perf_counter() + duration
+    async with httpx.AsyncClient(limits=httpx.Limits(max_connections=concurrency)) as client:
+        async def worker() -> None:
+            while time.perf_counter() < deadline:
+                start = time.perf_counter()
+                await client.get(url, headers=hdrs)
+                latencies.append((time.perf_counter() - start) * 1000)
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    latencies.sort()
+    return (len(latencies) / duration, statistics.median(latencies),
+            latencies[int(len(latencies) * 0.99) - 1])
+
+
+def measure(url: str, concurrency: int, duration: float, headers: list[str]
+            ) -> tuple[float, float, float]:
+    if shutil.which("wrk"):
+        return _wrk(url, concurrency, duration, headers)
+    return asyncio.run(_python_load(url, concurrency, duration, headers))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--duration", type=float, default=8.0)
+    args = parser.parse_args()
+    tmp = Path(tempfile.mkdtemp())
+    (tmp / "bench_upstream.py").write_text(UPSTREAM)
+    up_port, gw_port = free_port(), free_port()
+    config = tmp / "gateway.toml"
+    config.write_text(textwrap.dedent(f"""
+        [upstream]
+        url = "http://127.0.0.1:{up_port}"
+        [audit]
+        sink = "{tmp / 'audit.jsonl'}"
+        [[routes]]
+        match = "/public/**"
+        access = "public"
+        [default_route]
+        access = "user"
+    """))
+    env = {"PYTHONPATH": str(tmp)}
+    upstream = ServerProcess(
+        [sys.executable, "-m", "uvicorn", "bench_upstream:app", "--port", str(up_port),
+         "--log-level", "warning", "--no-access-log"], up_port, env=env, ready_path="/x")
+    gateway = ServerProcess(
+        [sys.executable, "-m", "gateway", "serve", "--config", str(config), "--port",
+         str(gw_port)], gw_port)
+    upstream.start()
+    gateway.start()
+    os.environ.pop("PYTHONPATH", None)
+    try:
+        rows = []
+        auth = [f"Authorization: Bearer {TOKEN}"]
+        for concurrency in (1, 32):
+            direct = measure(f"{upstream.url}/public/items", concurrency, args.duration, [])
+            public = measure(f"{gateway.url}/public/items", concurrency, args.duration, [])
+            user = measure(f"{gateway.url}/api/items", concurrency, args.duration, auth)
+            rows += [("direct", concurrency, direct, direct[0]),
+                     ("gateway public", concurrency, public, direct[0]),
+                     ("gateway user (cached)", concurrency, user, direct[0])]
+    finally:
+        gateway.stop()
+        upstream.stop()
+    tool = "wrk" if shutil.which("wrk") else "python httpx load"
+    print(f"load generator: {tool}; {args.duration:g}s per run; {os.cpu_count()} cores")
+    print(f"{'target':<24}{'conc':>5}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'vs direct':>11}")
+    for name, concurrency, (rps, p50, p99), base in rows:
+        print(f"{name:<24}{concurrency:>5}{rps:>10.0f}{p50:>9.2f}{p99:>9.2f}{rps / base:>10.0%}")
+
+
+if __name__ == "__main__":
+    main()
