@@ -8,6 +8,7 @@ from collections.abc import Callable
 from gateway.audit import AuditLog
 from gateway.authclient import AuthClient
 from gateway.cookies import CookiePolicy
+from gateway.cors import CorsPolicy
 from gateway.endpoints import Endpoints
 from gateway.guest import GuestIssuer, guest_secret
 from gateway.handler import HTTPHandler
@@ -52,6 +53,7 @@ class Gateway:
                           self.cookies, self.audit),
             audit=self.audit,
             count=self.metrics.response,
+            cors=CorsPolicy(settings.cors) if settings.cors is not None else None,
         )
         self.metrics.gauge("gateway_validation_cache_entries",
                            "Validations held in this process's cache",

@@ -9,11 +9,12 @@ from urllib.parse import quote
 
 from gateway.audit import AuditLog
 from gateway.authclient import BackendUnavailable
+from gateway.cors import CorsPolicy, is_preflight, without_upstream_cors
 from gateway.endpoints import Endpoints
 from gateway.guest import GuestLimited
 from gateway.login import LoginCapture, Logout
 from gateway.proxy import TrustedProxies, Upstream, upstream_request_headers
-from gateway.responses import send_error, send_redirect
+from gateway.responses import send_empty, send_error, send_redirect
 from gateway.routes import (
     Decision,
     InvalidPath,
@@ -48,12 +49,17 @@ def request_id_of(scope: Scope) -> str:
     return uuid.uuid4().hex
 
 
-def _with_request_id(send: Send, request_id: bytes, count: Callable[[int], None]) -> Send:
-    """Every response carries ``x-request-id``, and is counted by status."""
+def _decorate(send: Send, added: list[tuple[bytes, bytes]], count: Callable[[int], None],
+              own_cors: bool) -> Send:
+    """Every response carries ``x-request-id`` (and, for an allowed origin, the gateway's CORS
+    headers instead of any the upstream sent), and is counted by status."""
 
     async def wrapped(message: Message) -> None:
         if message["type"] == "http.response.start":
-            message["headers"] = [*message.get("headers", ()), (b"x-request-id", request_id)]
+            headers = message.get("headers", ())
+            if own_cors:
+                headers = without_upstream_cors(headers)
+            message["headers"] = [*headers, *added]
             count(message["status"])
         await send(message)
 
@@ -106,6 +112,7 @@ class HTTPHandler:
         logout: Logout,
         audit: AuditLog,
         count: Callable[[int], None],
+        cors: CorsPolicy | None = None,
     ) -> None:
         self._upstream = upstream
         self._endpoints = endpoints
@@ -114,6 +121,7 @@ class HTTPHandler:
         self._sessions = sessions
         self._audit = audit
         self._count = count
+        self._cors = cors
         self._login_capture = login
         self._logout = logout
         self._scheme = settings.auth.scheme
@@ -121,7 +129,13 @@ class HTTPHandler:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request_id = request_id_of(scope)
-        send = _with_request_id(send, request_id.encode("ascii"), self._count)
+        headers: Headers = scope["headers"]
+        added = [(b"x-request-id", request_id.encode("ascii"))]
+        origin = _header(headers, b"origin") if self._cors is not None else None
+        if self._cors is not None and self._cors.allows(origin):
+            assert origin is not None
+            added.extend(self._cors.response_headers(origin))
+        send = _decorate(send, added, self._count, own_cors=self._cors is not None)
         method: str = scope["method"]
         head = method == "HEAD"
         try:
@@ -133,9 +147,11 @@ class HTTPHandler:
         if self._endpoints.owns(path):
             await self._endpoints.handle(scope, send, path)
             return
-        headers: Headers = scope["headers"]
         peer = scope["client"][0] if scope.get("client") else ""
         client_ip = self._trusted.client_ip(peer, _header(headers, b"x-forwarded-for"))
+        if is_preflight(method, headers):  # never needs a token
+            await self._preflight(scope, receive, send, path, origin, client_ip, request_id)
+            return
         if method == "POST" and path in (self._login_capture.path, self._logout.path):
             info = RequestInfo(request_id, client_ip, method, path)
             if path == self._logout.path:
@@ -195,6 +211,20 @@ class HTTPHandler:
                              session.response_headers, head=head)
             return
         await self._unauthenticated(scope, send, route, session, info, head=head)
+
+    async def _preflight(self, scope: Scope, receive: Receive, send: Send, path: str,
+                         origin: bytes | None, client_ip: str, request_id: str) -> None:
+        if self._cors is None:
+            forwarded = upstream_request_headers(scope, client_ip=client_ip,
+                                                 request_id=request_id, trusted=self._trusted)
+            await self._upstream.forward(scope, receive, send, path=path, headers=forwarded)
+            return
+        allowed = self._cors.preflight(origin, scope["headers"])
+        if allowed is None:
+            await send_error(send, 403, "cors_forbidden",
+                             "This origin, method or header is not allowed.")
+            return
+        await send_empty(send, 204, allowed)
 
     async def _unauthenticated(self, scope: Scope, send: Send, route: Route, session: Session,
                                info: RequestInfo, *, head: bool) -> None:
