@@ -55,7 +55,8 @@ UPSTREAM = textwrap.dedent(f'''
 ''')
 
 
-def _wrk(url: str, concurrency: int, duration: float, headers: list[str]) -> tuple[float, float, float]:
+def _wrk(url: str, concurrency: int, duration: float, headers: list[str]
+         ) -> tuple[float, float, float]:
     args = ["wrk", "-t", "1" if concurrency == 1 else "2", "-c", str(concurrency),
             "-d", f"{duration:g}s", "--latency"]
     for header in headers:
