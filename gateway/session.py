@@ -15,7 +15,7 @@ from gateway.cookies import CookiePolicy
 from gateway.guest import GuestIssuer
 from gateway.refresh import Refresher
 from gateway.settings import Settings
-from gateway.tokens import FoundToken, MalformedToken, find_token, request_cookies
+from gateway.tokens import FoundToken, MalformedToken, find_token, jwt_claims, request_cookies
 from gateway.types import Headers
 from gateway.validation import Identity, Validation, Validator
 
@@ -85,7 +85,7 @@ class Sessions:
         current: Session | None = None
         if found is not None:
             current = await self._validate(found, info)
-            if found.source == "guest_cookie":
+            if self._is_guest(found):
                 return current  # guest tokens are reissued, never refreshed
             if current.identity is not None:
                 if self._refresher.due(found.value):
@@ -101,11 +101,21 @@ class Sessions:
     def _credential(self, found: FoundToken | None, jar: dict[str, str]) -> str | None:
         if self._refresher.uses_refresh_token:
             return jar.get(self._cookie_settings.refresh) or None
-        return found.value if found is not None and found.source != "guest_cookie" else None
+        return found.value if found is not None and not self._is_guest(found) else None
+
+    def _is_guest(self, found: FoundToken) -> bool:
+        """The guest cookie, or (local mode) a token that says it is a local guest token
+        wherever it was sent: checked by the gateway alone, never refreshed."""
+        if found.source == "guest_cookie":
+            return True
+        if not self._guests.local:
+            return False
+        claims = jwt_claims(found.value)
+        return claims is not None and claims.get("typ") == "guest"
 
     async def _validate(self, found: FoundToken, info: RequestInfo) -> Session:
         fp = token_fp(found.value)
-        if self._guests.local and found.source == "guest_cookie":
+        if self._guests.local and self._is_guest(found):
             result = Validation(self._guests.validate_local(found.value), "miss", local=True)
         else:
             result = await self._validator.validate(found)
