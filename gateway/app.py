@@ -22,6 +22,7 @@ from gateway.settings import Settings, SettingsError
 from gateway.state import create_store
 from gateway.types import Receive, Scope, Send
 from gateway.validation import Validator
+from gateway.websocket import WebSocketRelay
 
 
 class Gateway:
@@ -32,6 +33,7 @@ class Gateway:
         self.metrics = Metrics()
         self.audit = AuditLog(settings.audit.sink, on_event=self.metrics.event)
         self.upstream = Upstream(settings.upstream)
+        self.websockets = WebSocketRelay(self.upstream)
         self.auth_client = AuthClient(settings)
         self.store = create_store(settings, self.audit)
         self.validator = Validator(settings, self.auth_client, self.store)
@@ -53,6 +55,7 @@ class Gateway:
                           self.cookies, self.audit),
             audit=self.audit,
             count=self.metrics.response,
+            websockets=self.websockets,
             cors=CorsPolicy(settings.cors) if settings.cors is not None else None,
         )
         self.metrics.gauge("gateway_validation_cache_entries",
@@ -67,6 +70,7 @@ class Gateway:
         async with self._start_lock:
             if not self._started:
                 await self.upstream.start()
+                await self.websockets.start()
                 await self.auth_client.start()
                 await self.store.start()
                 self._started = True
@@ -74,6 +78,7 @@ class Gateway:
     async def shutdown(self) -> None:
         if self._started:
             await self.upstream.close()
+            await self.websockets.close()
             await self.auth_client.close()
             await self.store.close()
             self._started = False
@@ -84,6 +89,10 @@ class Gateway:
             if not self._started:  # a server that does not speak lifespan
                 await self.startup()
             await self.http(scope, receive, send)
+        elif scope["type"] == "websocket":
+            if not self._started:
+                await self.startup()
+            await self.http.websocket(scope, receive, send)
         elif scope["type"] == "lifespan":
             await self._lifespan(receive, send)
 

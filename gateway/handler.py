@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Callable
+from typing import Protocol
 from urllib.parse import quote
 
 from gateway.audit import AuditLog
@@ -29,6 +30,15 @@ from gateway.routes import (
 from gateway.session import RequestInfo, Session, Sessions
 from gateway.settings import Settings
 from gateway.types import Headers, Message, Receive, Scope, Send
+from gateway.websocket import WebSocketRelay, as_handshake_answer
+
+
+class Forward(Protocol):
+    """The last step of an allowed request: the HTTP forwarder or the WebSocket relay."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send, *, path: str,
+                       headers: Headers, extra_response_headers: Headers = ()) -> None: ...
+
 
 _REQUEST_ID = re.compile(rb"[A-Za-z0-9._:@/+=-]{1,128}")
 _CREDENTIAL_HEADERS = (b"authorization", b"cookie")
@@ -55,12 +65,13 @@ def _decorate(send: Send, added: list[tuple[bytes, bytes]], count: Callable[[int
     headers instead of any the upstream sent), and is counted by status."""
 
     async def wrapped(message: Message) -> None:
-        if message["type"] == "http.response.start":
+        kind = message["type"]
+        if kind == "http.response.start" or kind == "websocket.accept":
             headers = message.get("headers", ())
             if own_cors:
                 headers = without_upstream_cors(headers)
             message["headers"] = [*headers, *added]
-            count(message["status"])
+            count(message.get("status", 101))
         await send(message)
 
     return wrapped
@@ -112,9 +123,11 @@ class HTTPHandler:
         logout: Logout,
         audit: AuditLog,
         count: Callable[[int], None],
+        websockets: WebSocketRelay,
         cors: CorsPolicy | None = None,
     ) -> None:
         self._upstream = upstream
+        self._websockets = websockets
         self._endpoints = endpoints
         self._trusted = trusted
         self._router = router
@@ -128,6 +141,17 @@ class HTTPHandler:
         self._login = settings.login
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._handle(scope, receive, send, self._upstream.forward)
+
+    async def websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A WebSocket handshake is checked like a GET; refusals are its HTTP answer."""
+        if (await receive())["type"] != "websocket.connect":
+            return
+        await self._handle({**scope, "method": "GET"}, receive,
+                           as_handshake_answer(send, scope), self._websockets.forward)
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send, forward: Forward
+                      ) -> None:
         request_id = request_id_of(scope)
         headers: Headers = scope["headers"]
         added = [(b"x-request-id", request_id.encode("ascii"))]
@@ -170,7 +194,7 @@ class HTTPHandler:
         forwarded = upstream_request_headers(scope, client_ip=client_ip, request_id=request_id,
                                              trusted=self._trusted)
         if route.access == "public" and not any(n in _CREDENTIAL_HEADERS for n, _ in headers):
-            await self._upstream.forward(scope, receive, send, path=path, headers=forwarded)
+            await forward(scope, receive, send, path=path, headers=forwarded)
             return
 
         info = RequestInfo(request_id, client_ip, method, path)
@@ -199,8 +223,8 @@ class HTTPHandler:
                           identity.roles if identity else ())
         if decision is Decision.ALLOW:
             forwarded.extend(identity_headers(session, self._scheme))
-            await self._upstream.forward(scope, receive, send, path=path, headers=forwarded,
-                                         extra_response_headers=session.response_headers)
+            await forward(scope, receive, send, path=path, headers=forwarded,
+                          extra_response_headers=session.response_headers)
             return
         if decision is Decision.FORBIDDEN:
             assert identity is not None

@@ -37,7 +37,8 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from gateway.demo import pages
 
@@ -1007,7 +1008,32 @@ async def demo_token(request: Request) -> Response:
 # -- application factory --------------------------------------------------------------------
 
 
-def _routes() -> list[Route]:
+async def websocket_echo(websocket: WebSocket) -> None:
+    """Says who the gateway said the user is, then echoes text and bytes; the text "close
+    <code>" closes with that code. Picks the first subprotocol offered."""
+    offered = websocket.scope.get("subprotocols") or []
+    await websocket.accept(subprotocol=offered[0] if offered else None)
+    await websocket.send_json({"user_id": websocket.headers.get("x-auth-user-id"),
+                               "token_type": websocket.headers.get("x-auth-token-type"),
+                               "authorization": websocket.headers.get("authorization")})
+    try:
+        while True:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            text = message.get("text")
+            if text is not None and text.startswith("close "):
+                await websocket.close(code=int(text.split()[1]))
+                return
+            if text is not None:
+                await websocket.send_text(text)
+            elif message.get("bytes") is not None:
+                await websocket.send_bytes(message["bytes"])
+    except WebSocketDisconnect:
+        return
+
+
+def _routes() -> list[BaseRoute]:
     return [
         # family 1
         Route("/auth/login", login, methods=["POST"]),
@@ -1043,6 +1069,7 @@ def _routes() -> list[Route]:
         Route("/test/status/{code:int}", given_status, methods=_ALL_METHODS),
         Route("/test/set-cookie", set_cookie, methods=["GET"]),
         Route("/test/headers-out", headers_out, methods=["GET"]),
+        WebSocketRoute("/ws/echo", websocket_echo),
         # pages
         Route("/", home, methods=["GET"]),
         Route("/login", login_form, methods=["GET"]),
