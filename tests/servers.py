@@ -85,7 +85,7 @@ class ServerProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         # A file, not a pipe: nobody drains a pipe while the server runs, and a full pipe
         # blocks the server on its next log line.
-        self.output = tempfile.TemporaryFile()
+        self.output = tempfile.TemporaryFile()  # noqa: SIM115 - closed with the process
 
     def start(self, timeout: float = 20) -> ServerProcess:
         self.proc = subprocess.Popen(self.args, env=self.env, stdout=self.output,
