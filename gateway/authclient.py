@@ -101,6 +101,17 @@ class AuthClient:
             await asyncio.sleep(delay * random.uniform(0.5, 1.5))
             attempt += 1
 
+    async def post_credential(self, path: str, credential: str, *, send: str, scheme: str,
+                              body_field: str, cookie: str) -> AuthReply:
+        """POST a session credential the way ``send`` says (``auth.refresh.send`` and
+        ``auth.logout.send``): ``access_header``, ``refresh_body`` or ``refresh_cookie``."""
+        if send == "access_header":
+            return await self.call("POST", path,
+                                   headers={"authorization": f"{scheme} {credential}"})
+        if send == "refresh_body":
+            return await self.call("POST", path, json_body={body_field: credential})
+        return await self.call("POST", path, headers={"cookie": f"{cookie}={credential}"})
+
     async def probe(self, path: str) -> bool:
         """Whether the auth backend answers at all (any status below 500), without retries."""
         assert self._session is not None, "AuthClient.start() was not awaited"

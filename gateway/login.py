@@ -17,6 +17,7 @@ from gateway.authclient import AuthClient, BackendUnavailable, dig
 from gateway.cookies import CookiePolicy
 from gateway.refresh import Refresher
 from gateway.responses import send_empty, send_redirect
+from gateway.routes import is_browser_navigation
 from gateway.session import RequestInfo
 from gateway.settings import Settings
 from gateway.tokens import MalformedToken, find_token, request_cookies
@@ -32,16 +33,6 @@ def _drop(document: Any, dotted: str) -> None:
         document = document.get(part)
     if isinstance(document, dict):
         document.pop(last, None)
-
-
-def _is_browser(headers: Headers) -> bool:
-    accepts_html = False
-    for name, value in headers:
-        if name == b"x-requested-with":
-            return False
-        if name == b"accept" and b"text/html" in value.lower():
-            accepts_html = True
-    return accepts_html
 
 
 class LoginCapture:
@@ -112,26 +103,21 @@ class Logout:
         self._audit.emit("auth.logout", **info.fields(), outcome="ok", revoked=revoked,
                          token_fp=token_fp(access) if access else None)
         cleared = self._cookies.clear_all()
-        if _is_browser(headers):
+        # A logout form POST is a navigation too: judge it by its headers as a GET would be.
+        if is_browser_navigation("GET", headers):
             await send_redirect(send, "/", cleared)
         else:
             await send_empty(send, 204, cleared)
 
     async def _revoke(self, access: str | None, refresh: str | None, info: RequestInfo) -> str:
         send = self._settings.send
-        path = self._backend_path
+        credential = access if send == "access_header" else refresh
+        if not credential:
+            return "skipped"
         try:
-            if send == "access_header" and access:
-                reply = await self._client.call(
-                    "POST", path, headers={"authorization": f"{self._scheme} {access}"})
-            elif send == "refresh_body" and refresh:
-                reply = await self._client.call(
-                    "POST", path, json_body={self._settings.body_field: refresh})
-            elif send == "refresh_cookie" and refresh:
-                reply = await self._client.call(
-                    "POST", path, headers={"cookie": f"{self._cookie_settings.refresh}={refresh}"})
-            else:
-                return "skipped"
+            reply = await self._client.post_credential(
+                self._backend_path, credential, send=send, scheme=self._scheme,
+                body_field=self._settings.body_field, cookie=self._cookie_settings.refresh)
         except BackendUnavailable as exc:
             self._audit.emit("auth.backend_unavailable", **info.fields(), outcome="revoke_failed",
                              reason=exc.reason)

@@ -132,13 +132,7 @@ class Refresher:
         return packed
 
     async def _send(self, credential: str) -> AuthReply:
-        send = self._settings.send
-        path = self._settings.path
-        if send == "access_header":
-            return await self._client.call(
-                "POST", path, headers={"authorization": f"{self._scheme} {credential}"})
-        if send == "refresh_body":
-            return await self._client.call(
-                "POST", path, json_body={self._settings.body_field: credential})
-        return await self._client.call(
-            "POST", path, headers={"cookie": f"{self._refresh_cookie}={credential}"})
+        r = self._settings
+        return await self._client.post_credential(
+            r.path, credential, send=r.send, scheme=self._scheme, body_field=r.body_field,
+            cookie=self._refresh_cookie)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import tomllib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -108,3 +108,51 @@ def make_gateway(tmp_path: Path, backend: Backend) -> Iterator[MakeGateway]:
     yield factory
     for gateway in running:
         gateway.server.stop()
+
+
+# -- gateways built from the presets in config/ ---------------------------------------------
+
+PRESETS = Path(__file__).resolve().parents[1] / "config"
+
+
+def to_toml(data: dict[str, Any], prefix: str = "") -> str:
+    """Just enough TOML for a gateway config: scalars, lists of scalars, tables, [[arrays]]."""
+    scalars: list[str] = []
+    tables: list[str] = []
+    for key, value in data.items():
+        name = f"{prefix}.{key}" if prefix else key
+        if isinstance(value, dict):
+            tables.append(f"[{name}]\n{to_toml(value, name)}")
+        elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            tables.extend(f"[[{name}]]\n{to_toml(v, name)}" for v in value)
+        else:
+            scalars.append(f"{key} = {json.dumps(value)}")
+    return "\n".join([*scalars, *tables]) + "\n"
+
+
+def merge(into: dict[str, Any], changes: dict[str, Any]) -> None:
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            merge(into[key], value)
+        else:
+            into[key] = value
+
+
+StartGateway = Callable[..., RunningGateway]
+
+
+@pytest.fixture
+def start(make_gateway: MakeGateway, backend: Backend) -> StartGateway:
+    """``start(preset, overrides, routes)``: a gateway from ``config/<preset>.toml`` pointed at
+    the reference backend, plain-http cookies, fast retries, ``routes`` matched first."""
+
+    def factory(preset: str, overrides: dict[str, Any] | None = None,
+                routes: Sequence[dict[str, Any]] = ()) -> RunningGateway:
+        data = tomllib.loads((PRESETS / f"{preset}.toml").read_text())
+        merge(data, {"upstream": {"url": backend.url}, "cookies": {"secure": False},
+                     "auth": {"retry_backoff_s": 0.01}})
+        merge(data, overrides or {})
+        data["routes"] = [*routes, *data.get("routes", [])]
+        return make_gateway(to_toml(data))
+
+    return factory

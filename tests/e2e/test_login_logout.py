@@ -6,66 +6,19 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-import tomllib
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from http.cookiejar import CookieJar, DefaultCookiePolicy
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.conftest import Backend, MakeGateway, RunningGateway
+from tests.conftest import Backend, MakeGateway, RunningGateway, StartGateway
 from tests.servers import serving
 
-CONFIG = Path(__file__).resolve().parents[2] / "config"
 ACCESS, REFRESH, GUEST = "userToken", "refreshToken", "guestToken"
 DEMO = {"email": "demo@example.com", "password": "demo-password"}
 WRONG = {"email": "demo@example.com", "password": "not-the-password"}
-
-
-# -- building a gateway from a preset (as in test_refresh.py) ----------------------------------
-
-
-def to_toml(data: dict[str, Any], prefix: str = "") -> str:
-    """Just enough TOML for a gateway config: scalars, lists of scalars, tables, [[arrays]]."""
-    scalars: list[str] = []
-    tables: list[str] = []
-    for key, value in data.items():
-        name = f"{prefix}.{key}" if prefix else key
-        if isinstance(value, dict):
-            tables.append(f"[{name}]\n{to_toml(value, name)}")
-        elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
-            tables.extend(f"[[{name}]]\n{to_toml(v, name)}" for v in value)
-        else:
-            scalars.append(f"{key} = {json.dumps(value)}")
-    return "\n".join([*scalars, *tables]) + "\n"
-
-
-def merge(into: dict[str, Any], changes: dict[str, Any]) -> None:
-    for key, value in changes.items():
-        if isinstance(value, dict) and isinstance(into.get(key), dict):
-            merge(into[key], value)
-        else:
-            into[key] = value
-
-
-StartGateway = Callable[..., RunningGateway]
-
-
-@pytest.fixture
-def start(make_gateway: MakeGateway, backend: Backend) -> StartGateway:
-    def factory(preset: str, overrides: dict[str, Any] | None = None,
-                routes: Sequence[dict[str, Any]] = ()) -> RunningGateway:
-        data = tomllib.loads((CONFIG / f"{preset}.toml").read_text())
-        merge(data, {"upstream": {"url": backend.url}, "cookies": {"secure": False},
-                     "auth": {"retry_backoff_s": 0.01}})
-        merge(data, overrides or {})
-        data["routes"] = [*routes, *data.get("routes", [])]
-        return make_gateway(to_toml(data))
-
-    return factory
 
 
 def client(gateway: RunningGateway) -> httpx.AsyncClient:
