@@ -311,14 +311,19 @@ class Upstream:
         if not body.done:  # the upstream answered before reading all of the request body
             await self._pump(response, send)
             return
+        gone = anyio.Event()
         async with anyio.create_task_group() as group:
 
             async def watch() -> None:
                 await _wait_for_disconnect(receive)
+                # Cancellation alone is not enough: while the upstream keeps the buffer full,
+                # reads complete without suspending and a cancel is never delivered; the pump
+                # also checks this flag between chunks.
+                gone.set()
                 group.cancel_scope.cancel()
 
             group.start_soon(watch)
-            await self._pump(response, send)
+            await self._pump(response, send, gone)
             group.cancel_scope.cancel()
 
     async def _relay_rewritten(
@@ -354,9 +359,12 @@ class Upstream:
         await send({"type": "http.response.body", "body": payload})
 
     @staticmethod
-    async def _pump(response: aiohttp.ClientResponse, send: Send) -> None:
+    async def _pump(response: aiohttp.ClientResponse, send: Send,
+                    gone: anyio.Event | None = None) -> None:
         try:
             async for chunk in response.content.iter_chunked(_CHUNK):
+                if gone is not None and gone.is_set():
+                    return
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except (aiohttp.ClientError, OSError, TimeoutError):
             # Headers are gone already: end without completing the body, so the server

@@ -805,6 +805,7 @@ async def _repeat(size: int, chunk: int) -> AsyncIterator[bytes]:
         count = min(chunk, remaining)
         yield piece if count == chunk else piece[:count]
         remaining -= count
+        await asyncio.sleep(0)  # let a disconnect be noticed between chunks
 
 
 async def stream_bytes(request: Request) -> Response:
