@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from gateway.authclient import AuthClient
 from gateway.metrics import Metrics
 from gateway.responses import send_error, send_json
@@ -43,8 +45,8 @@ class Endpoints:
             await send_error(send, 404, "not_found", "No such gateway endpoint.", head=head)
 
     async def _ready(self, send: Send, head: bool) -> None:
-        auth = await self._client.probe(self._probe_path)
-        state = self._store.healthy
+        auth, state = await asyncio.gather(self._client.probe(self._probe_path),
+                                           self._store.check())
         checks = {"auth": "ok" if auth else "unavailable",
                   "state": "ok" if state else "degraded"}
         ready = auth and state

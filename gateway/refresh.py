@@ -87,7 +87,10 @@ class Refresher:
             recent = await self._store.get(_GRACE + key)
             if recent is not None:
                 return RefreshResult(Refreshed.unpack(json.loads(recent)), "grace")
-        packed, merged = await self._flights.run(key, lambda: self._call(credential, key))
+        packed, merged = await self._flights.run(
+            key, lambda: self._call(credential, key),
+            recheck=(lambda: self._store.get(_GRACE + key)) if self._settings.grace_s > 0
+            else None)
         data = json.loads(packed)
         if "rejected" in data:
             return RefreshResult(None, "merged" if merged else "backend", data["rejected"])

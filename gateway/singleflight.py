@@ -63,11 +63,19 @@ class SharedFlight:
         self._result_ttl = result_ttl_s
         self._local: SingleFlight[bytes, tuple[bytes, bool]] = SingleFlight()
 
-    async def run(self, key: bytes, work: Callable[[], Awaitable[bytes]]) -> tuple[bytes, bool]:
-        (value, remote), merged = await self._local.run(key, lambda: self._across(key, work))
+    async def run(self, key: bytes, work: Callable[[], Awaitable[bytes]],
+                  recheck: Callable[[], Awaitable[bytes | None]] | None = None
+                  ) -> tuple[bytes, bool]:
+        """``recheck`` looks again for what the caller looked up before entering the flight
+        (a cache or grace entry): between that miss and winning the claim, another process
+        may have finished the same work, released its claim and left the result there. It
+        runs once the claim is won, before ``work``; a value it finds is the result."""
+        (value, remote), merged = await self._local.run(
+            key, lambda: self._across(key, work, recheck))
         return value, merged or remote
 
-    async def _across(self, key: bytes, work: Callable[[], Awaitable[bytes]]
+    async def _across(self, key: bytes, work: Callable[[], Awaitable[bytes]],
+                      recheck: Callable[[], Awaitable[bytes | None]] | None
                       ) -> tuple[bytes, bool]:
         store = self._store
         if not store.shared:
@@ -76,6 +84,9 @@ class SharedFlight:
         while True:
             if await store.claim(claim, self._claim_ttl):
                 try:
+                    found = await recheck() if recheck is not None else None
+                    if found is not None:
+                        return found, True
                     value = await work()
                     await store.set(done, value, self._result_ttl)
                     return value, False

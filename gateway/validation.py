@@ -11,6 +11,7 @@ import base64
 import json
 import math
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -132,9 +133,16 @@ class Validator:
         guest = (token.source == "guest_cookie" or bool(claims and claims.get("typ") == "guest")
                  or await self._store.get(GUEST_MARK + key) is not None)
         packed, merged = await self._flights.run(
-            key, lambda: self._ask_backend(token.value, key, guest, expires))
+            key, lambda: self._ask_backend(token.value, key, guest, expires),
+            recheck=self._cached(key) if self._ttl > 0 else None)
         identity, _ = _unpack(packed)
         return Validation(identity, "merged" if merged else "miss")
+
+    def _cached(self, key: bytes) -> Callable[[], Awaitable[bytes | None]]:
+        async def lookup() -> bytes | None:
+            return await self._store.get(_CACHE + key) or None
+
+        return lookup
 
     def _expires(self, claims: dict[str, Any] | None) -> float:
         """When a token stops being usable: its JWT ``exp`` plus the allowed clock skew."""

@@ -42,3 +42,7 @@ class Store(ABC):
     @property
     def healthy(self) -> bool:
         return True
+
+    async def check(self) -> bool:
+        """Probe the store now; whether it is healthy (readiness)."""
+        return self.healthy

@@ -21,6 +21,8 @@ from typing import TypeVar
 import redis.asyncio as aioredis
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from gateway.audit import AuditLog
@@ -32,6 +34,9 @@ MIN_KEY_BYTES = 32
 _PREFIX = b"gw:"
 _NONCE = 12
 _RECHECK_S = 1.0
+_TIMEOUT_S = 0.5
+_POOL_SIZE = 64
+_POOL_WAIT_S = 2.0
 _RELEASE = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
 return 0
@@ -57,9 +62,15 @@ class RedisStore(Store):
         material = state_key_material(settings)
         self._aead = AESGCM(hashlib.sha256(b"gateway-state-enc\0" + material).digest())
         self._mac_key = hashlib.sha256(b"gateway-state-mac\0" + material).digest()
-        self._redis = aioredis.Redis.from_url(
-            settings.state.redis_url, socket_timeout=0.5, socket_connect_timeout=0.5,
-            retry_on_timeout=False, health_check_interval=0)
+        # A burst of requests on one worker must queue for a pooled connection, not fail with
+        # "too many connections" and be mistaken for an outage: a blocking pool.
+        pool = aioredis.BlockingConnectionPool.from_url(
+            settings.state.redis_url, max_connections=_POOL_SIZE, timeout=_POOL_WAIT_S,
+            socket_timeout=_TIMEOUT_S, socket_connect_timeout=_TIMEOUT_S,
+            health_check_interval=0, retry=Retry(NoBackoff(), 0))
+        # No retries in the client: a failed operation falls back to per-process state at once
+        # and the reconnect loop decides when Redis is back.
+        self._redis = aioredis.Redis(connection_pool=pool)
         self._release = self._redis.register_script(_RELEASE)
         self._fallback = fallback or MemoryStore(settings.auth.cache_max_entries)
         self._owner = uuid.uuid4().hex.encode("ascii")
@@ -74,10 +85,18 @@ class RedisStore(Store):
         return not self._degraded
 
     async def start(self) -> None:
+        await self.check()
+
+    async def check(self) -> bool:
+        """PING Redis now (for ``/__gateway/ready``): an idle replica must notice an outage
+        as well as a busy one, and a degraded one its recovery."""
         try:
-            await self._redis.ping()
-        except (RedisError, OSError) as exc:
+            await asyncio.wait_for(self._redis.ping(), _TIMEOUT_S)
+        except (RedisError, OSError, TimeoutError) as exc:
             self._degrade(exc)
+            return False
+        self._recover()
+        return True
 
     async def close(self) -> None:
         if self._watcher is not None:
@@ -98,9 +117,13 @@ class RedisStore(Store):
         while self._degraded:
             await asyncio.sleep(_RECHECK_S)
             try:
-                await self._redis.ping()
-            except (RedisError, OSError):
+                await asyncio.wait_for(self._redis.ping(), _TIMEOUT_S)
+            except (RedisError, OSError, TimeoutError):
                 continue
+            self._recover()
+
+    def _recover(self) -> None:
+        if self._degraded:
             self._degraded = False
             self._audit.emit("state.recovered", outcome="recovered", backend="redis")
 
