@@ -5,6 +5,8 @@
 * Rotation grace: for ``grace_s`` after a refresh, the old credential maps to the same new
   tokens without a backend call, so browser tabs that raced a rotation stay logged in. Keys are
   hashes of the credential; the new tokens are held no longer than the window.
+* A rejection is remembered for the proactive window (``proactive_s + clock_skew_s``), so a
+  still-valid token whose early refresh was refused is not re-refreshed on every request.
 * A network error or 5xx is retried by :class:`AuthClient` and then surfaces as
   :class:`BackendUnavailable` (503, cookies untouched); only a 400/401/403 is a rejection.
 """
@@ -26,6 +28,7 @@ from gateway.validation import Identity, Validator
 REJECTED_STATUSES = frozenset({400, 401, 403})
 _GRACE = b"grace:"
 _GRACE_OF = b"grace-of:"  # new token -> the credential whose grace handed it out
+_REJECTED = b"refresh-rejected:"  # credential -> the status the backend refused it with
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +54,7 @@ class Refreshed:
 @dataclass(frozen=True, slots=True)
 class RefreshResult:
     refreshed: Refreshed | None  # None: the backend rejected the credential
-    via: Literal["backend", "merged", "grace"]
+    via: Literal["backend", "merged", "grace", "remembered"]
     status: int = 200
 
 
@@ -66,6 +69,7 @@ class Refresher:
         self._scheme = settings.auth.scheme
         self._refresh_cookie = settings.cookies.refresh
         self._flights = SharedFlight(store, b"refresh")
+        self._remember_s = r.proactive_s + r.clock_skew_s if r.proactive_s > 0 else 0.0
 
     @property
     def uses_refresh_token(self) -> bool:
@@ -83,18 +87,27 @@ class Refresher:
     async def refresh(self, credential: str) -> RefreshResult:
         """Raises :class:`BackendUnavailable` when the backend gives no verdict."""
         key = token_key(credential)
-        if self._settings.grace_s > 0:
-            recent = await self._store.get(_GRACE + key)
-            if recent is not None:
-                return RefreshResult(Refreshed.unpack(json.loads(recent)), "grace")
+        known = await self._known(key)
+        if known is not None:
+            data = json.loads(known)
+            if "rejected" in data:
+                return RefreshResult(None, "remembered", data["rejected"])
+            return RefreshResult(Refreshed.unpack(data), "grace")
         packed, merged = await self._flights.run(
-            key, lambda: self._call(credential, key),
-            recheck=(lambda: self._store.get(_GRACE + key)) if self._settings.grace_s > 0
-            else None)
+            key, lambda: self._call(credential, key), recheck=lambda: self._known(key))
         data = json.loads(packed)
         if "rejected" in data:
             return RefreshResult(None, "merged" if merged else "backend", data["rejected"])
         return RefreshResult(Refreshed.unpack(data), "merged" if merged else "backend")
+
+    async def _known(self, key: bytes) -> bytes | None:
+        """The outcome of a recent refresh of this credential: its grace entry (new tokens)
+        or a remembered rejection."""
+        if self._settings.grace_s > 0:
+            recent = await self._store.get(_GRACE + key)
+            if recent is not None:
+                return recent
+        return await self._store.get(_REJECTED + key)
 
     async def forget(self, token: str) -> None:
         """Logout: end the grace of ``token`` as an old credential, and the grace that
@@ -109,7 +122,9 @@ class Refresher:
     async def _call(self, credential: str, key: bytes) -> bytes:
         reply = await self._send(credential)
         if reply.status in REJECTED_STATUSES:
-            return json.dumps({"rejected": reply.status}).encode("utf-8")
+            rejected = json.dumps({"rejected": reply.status}).encode("utf-8")
+            await self._store.set(_REJECTED + key, rejected, self._remember_s)
+            return rejected
         if not reply.ok:  # 404, 429, ...: not a verdict on the session
             raise BackendUnavailable("backend_error", f"refresh answered {reply.status}")
         access = dig(reply.body, self._settings.access_path)

@@ -376,6 +376,30 @@ async def test_proactive_refresh_of_a_token_about_to_expire(
     assert_no_raw_tokens(gw, healthy.access, closing.access, closing.refresh, new)
 
 
+@pytest.mark.parametrize("family", FAMILIES, ids=str)
+async def test_rejected_proactive_refresh_keeps_the_session_and_is_not_retried(
+        start: StartGateway, backend: Backend, family: Family) -> None:
+    """The backend refuses an early refresh (e.g. a revoked refresh token) while the access
+    token is still valid: the user keeps working on it, and the next requests inside the
+    proactive window do not hammer the refresh endpoint again."""
+    gw = start(family.preset)
+    refresh_cfg = gw.app.settings.auth.refresh
+    closing = session(backend, family,
+                      access_ttl_s=refresh_cfg.proactive_s + refresh_cfg.clock_skew_s - 45)
+    backend.fault(family.refresh_key, 401)
+    async with client(gw) as c:
+        answers = [await c.get("/api/echo", headers=closing.headers()) for _ in range(5)]
+    for answer in answers:
+        assert answer.status_code == 200, answer.text
+        assert upstream_saw(answer)["authorization"] == [f"{family.scheme} {closing.access}"]
+        assert "x-refreshed-token" not in upstream_saw(answer)
+        assert_nothing_cleared(answer)
+    assert backend.calls(family.refresh_key) == 1
+    failed = gw.events("auth.refresh_failed")
+    assert [(e["outcome"], e["proactive"]) for e in failed] == [("rejected", True)] * 5
+    assert not gw.events("auth.session_cleared")
+
+
 # -- 5. rejected refresh: continue as anonymous --------------------------------------------------
 
 OPEN_ECHO = {"match": "/api/echo/open/**", "access": "public"}
@@ -406,7 +430,8 @@ async def test_rejected_refresh_continues_as_anonymous(
     assert private.status_code == 401, private.text
     assert private.json()["error"] == "unauthenticated"
     assert_cleared(private, ACCESS, REFRESH)
-    assert backend.calls(family.refresh_key) == 2
+    # The second request carried the same dead credential: its rejection is remembered.
+    assert backend.calls(family.refresh_key) == 1
     assert [e["reason"] for e in gw.events("auth.refresh_failed")] == ["rejected", "rejected"]
     assert len(gw.events("auth.session_cleared")) == 2
     assert not gw.events("auth.refreshed")
