@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -22,9 +22,11 @@ from gateway.settings import Settings
 class BackendUnavailable(Exception):
     """The auth backend could not give an answer (after retries)."""
 
-    def __init__(self, reason: Literal["network", "backend_error"], detail: str) -> None:
+    def __init__(self, reason: Literal["network", "backend_error"], detail: str,
+                 headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
         super().__init__(detail)
         self.reason = reason
+        self.headers = tuple(headers)  # still owed to the client with the 503 (new cookies)
 
 
 @dataclass(frozen=True, slots=True)

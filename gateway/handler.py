@@ -198,6 +198,7 @@ class HTTPHandler:
             return
 
         info = RequestInfo(request_id, client_ip, method, path)
+        session: Session | None = None  # kept when guest issuance fails: it may clear cookies
         try:
             session = await self._sessions.resolve(headers, info)
             if (session.identity is None and route.access == "guest"
@@ -208,14 +209,16 @@ class HTTPHandler:
                              reason="guest_rate_limited")
             await send_error(send, 429, "too_many_requests",
                              "Too many new guest sessions; try again shortly.",
-                             [(b"retry-after", str(exc.retry_after).encode("ascii"))], head=head)
+                             [(b"retry-after", str(exc.retry_after).encode("ascii")),
+                              *(session.response_headers if session else ())], head=head)
             return
         except BackendUnavailable as exc:
             self._audit.emit("auth.backend_unavailable", **info.fields(), outcome="unavailable",
-                             reason=exc.reason)
+                             reason=exc.reason, token_fp=self._sessions.fingerprint(headers))
+            owed = [*exc.headers, *(session.response_headers if session else ())]
             await send_error(send, 503, "auth_unavailable",
                              "The authentication service is unavailable; try again shortly.",
-                             [(b"retry-after", b"5")], head=head)
+                             [(b"retry-after", b"5"), *owed], head=head)
             return
 
         identity = session.identity

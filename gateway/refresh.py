@@ -5,8 +5,9 @@
 * Rotation grace: for ``grace_s`` after a refresh, the old credential maps to the same new
   tokens without a backend call, so browser tabs that raced a rotation stay logged in. Keys are
   hashes of the credential; the new tokens are held no longer than the window.
-* A rejection is remembered for the proactive window (``proactive_s + clock_skew_s``), so a
-  still-valid token whose early refresh was refused is not re-refreshed on every request.
+* A rejection is remembered for ``proactive_s + clock_skew_s``: a still-valid token whose early
+  refresh was refused is not re-refreshed on every request, nor is a dead credential that a
+  client keeps sending after its cookies were cleared.
 * A network error or 5xx is retried by :class:`AuthClient` and then surfaces as
   :class:`BackendUnavailable` (503, cookies untouched); only a 400/401/403 is a rejection.
 """
@@ -37,18 +38,18 @@ class Refreshed:
 
     access: str
     refresh: str | None  # a rotated refresh token, else None
-    identity: Identity
+    identity: Identity | None  # None: the new token could not be checked (backend trouble)
     set_cookies: tuple[str, ...] = ()  # relayed from the backend with send = "refresh_cookie"
 
     def pack(self) -> bytes:
         return json.dumps({"access": self.access, "refresh": self.refresh,
-                           "identity": self.identity.encode(),
+                           "identity": self.identity.encode() if self.identity else None,
                            "cookies": list(self.set_cookies)}).encode("utf-8")
 
     @classmethod
     def unpack(cls, data: dict[str, Any]) -> Refreshed:
-        return cls(data["access"], data["refresh"], Identity.decode(data["identity"]),
-                   tuple(data["cookies"]))
+        identity = Identity.decode(data["identity"]) if data["identity"] else None
+        return cls(data["access"], data["refresh"], identity, tuple(data["cookies"]))
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,8 +69,11 @@ class Refresher:
         self._settings = r
         self._scheme = settings.auth.scheme
         self._refresh_cookie = settings.cookies.refresh
-        self._flights = SharedFlight(store, b"refresh")
-        self._remember_s = r.proactive_s + r.clock_skew_s if r.proactive_s > 0 else 0.0
+        # Waiting replicas read the winner's result (new tokens) from the store: keep it no
+        # longer than the grace window (a second when there is none: long enough to be read).
+        self._flights = SharedFlight(store, b"refresh",
+                                     result_ttl_s=min(5.0, r.grace_s) if r.grace_s > 0 else 1.0)
+        self._remember_s = r.proactive_s + r.clock_skew_s
 
     @property
     def uses_refresh_token(self) -> bool:
@@ -132,13 +136,17 @@ class Refresher:
             else None
         if not isinstance(access, str) or not access:
             raise BackendUnavailable("backend_error", "refresh reply has no access token")
-        validation = await self._validator.validate(FoundToken(access, "cookie"))
-        if validation.identity is None:
-            raise BackendUnavailable("backend_error", "refreshed token did not validate")
+        # The backend has rotated (and may have blacklisted) the old credential: from here on
+        # the new tokens must reach the client and the grace entry whatever happens, or a
+        # blip on the validate endpoint would log the user out.
+        try:
+            identity = (await self._validator.validate(FoundToken(access, "cookie"))).identity
+        except BackendUnavailable:
+            identity = None
         refreshed = Refreshed(
             access=access,
             refresh=rotated if isinstance(rotated, str) and rotated else None,
-            identity=validation.identity,
+            identity=identity,
             set_cookies=reply.set_cookies if self._settings.send == "refresh_cookie" else (),
         )
         packed = refreshed.pack()

@@ -95,8 +95,34 @@ class Sessions:
                 return current
         credential = self._credential(found, jar)
         if credential is None:
-            return current or Session(reason=reason)
-        return await self._refresh(credential, found, info, None)
+            session = current or Session(reason=reason)
+        else:
+            session = await self._refresh(credential, found, info, None)
+        if session.identity is None and found is not None and found.source != "guest_cookie":
+            return await self._guest_cookie(jar, session, info)
+        return session
+
+    async def _guest_cookie(self, jar: dict[str, str], session: Session, info: RequestInfo
+                            ) -> Session:
+        """A dead user token shadows the guest cookie (3.1's order): once it is known to be
+        dead, a valid guest cookie is still the visitor's, to be reused rather than replaced
+        on every request."""
+        value = jar.get(self._cookie_settings.guest)
+        if not value:
+            return session
+        guest = await self._validate(FoundToken(value, "guest_cookie"), info)
+        if guest.identity is None:
+            return session
+        return Session(identity=guest.identity, token=guest.token, token_fp=guest.token_fp,
+                       reason="", response_headers=session.response_headers)
+
+    def fingerprint(self, headers: Headers) -> str | None:
+        """``token_fp`` of the request's token, for events raised before a session exists."""
+        try:
+            found = find_token(headers, self._cookie_settings, request_cookies(headers))
+        except MalformedToken:
+            return None
+        return token_fp(found.value) if found is not None else None
 
     def _credential(self, found: FoundToken | None, jar: dict[str, str]) -> str | None:
         if self._refresher.uses_refresh_token:
@@ -134,6 +160,17 @@ class Sessions:
         return Session(identity=identity, token=found.value if forward else None, token_fp=fp,
                        reason="")
 
+    async def _identify(self, access: str, via: str) -> Identity | None:
+        """Who a refreshed token belongs to when the refresh could not say: a grace entry
+        written during a validate outage gets a second chance; the refresh that just failed
+        to check it does not (its retries are spent)."""
+        if via != "grace":
+            return None
+        try:
+            return (await self._validator.validate(FoundToken(access, "cookie"))).identity
+        except BackendUnavailable:
+            return None
+
     async def _refresh(self, credential: str, found: FoundToken | None, info: RequestInfo,
                        current: Session | None) -> Session:
         """Refresh with ``credential``; ``current`` is the still-valid session when this is a
@@ -160,10 +197,6 @@ class Sessions:
             return Session(token_fp=old_fp, reason="session_expired",
                            response_headers=self._cookies.clear_session())
         new_fp = token_fp(refreshed.access)
-        self._audit.emit("auth.refreshed", **info.fields(), outcome="refreshed",
-                         via=result.via, proactive=proactive, token_fp=old_fp,
-                         new_token_fp=new_fp, user_id=refreshed.identity.user_id,
-                         rotated=refreshed.refresh is not None)
         response = [self._cookies.set("access", refreshed.access)]
         if refreshed.refresh is not None:
             response.append(self._cookies.set("refresh", refreshed.refresh))
@@ -171,6 +204,16 @@ class Sessions:
         new_token = refreshed.access.encode("ascii")
         if found is not None and found.source == "header":
             response.append((b"x-refreshed-token", new_token))
-        return Session(identity=refreshed.identity, token=refreshed.access, token_fp=new_fp,
+        identity = refreshed.identity or await self._identify(refreshed.access, result.via)
+        self._audit.emit("auth.refreshed", **info.fields(), outcome="refreshed",
+                         via=result.via, proactive=proactive, token_fp=old_fp,
+                         new_token_fp=new_fp, user_id=identity.user_id if identity else None,
+                         rotated=refreshed.refresh is not None)
+        if identity is None:
+            # Refreshed, but the new token could not be checked: a 503 that still hands the
+            # client its new tokens (the old credential may be spent), never a logout.
+            raise BackendUnavailable("backend_error", "the refreshed token could not be checked",
+                                     headers=response)
+        return Session(identity=identity, token=refreshed.access, token_fp=new_fp,
                        reason="", response_headers=response,
                        upstream_headers=[(b"x-refreshed-token", new_token)])

@@ -517,6 +517,72 @@ async def test_cleared_session_becomes_a_guest(
     assert_no_raw_tokens(gateway, stale, token)
 
 
+def dead_user_token() -> str:
+    """An expired access token that the reference backend will refuse to refresh."""
+    now = int(time.time())
+    return jwt.encode({"sub": "1", "typ": "access", "jti": uuid.uuid4().hex,
+                       "iat": now - 3600, "exp": now - 600}, WRONG_SECRET, algorithm="HS256")
+
+
+@pytest.mark.parametrize("mode", ["backend", "local"])
+async def test_dead_session_reuses_the_guest_cookie(
+        make_gateway: MakeGateway, backend: Backend, monkeypatch: pytest.MonkeyPatch,
+        mode: str) -> None:
+    """A dead user token comes first in 3.1's order, but once it is known dead a valid guest
+    cookie is still the visitor's: reused, never replaced on every request."""
+    gateway = guest_gateway(mode, make_gateway, monkeypatch)
+    guest = new_guest_token(await get(gateway, "/api/echo/first"))
+    sub = unverified(guest)["sub"]
+    stale = dead_user_token()
+    before = counts(backend)
+    replies = [await get(gateway, f"/api/echo/{i}", cookie=f"userToken={stale}; guestToken={guest}")
+               for i in range(3)]
+    after = counts(backend)
+    for reply in replies:
+        assert reply.status_code == 200, reply.text
+        assert cookie_value(reply, "guestToken") is None, "guest token replaced"
+        body = reply.json()
+        assert echoed(body, "x-auth-user-id") == [sub]
+        assert echoed(body, "x-auth-token-type") == ["guest"]
+    assert cookie_value(replies[0], "userToken") == ""  # the rejected refresh cleared it
+    assert after["guest"] == before["guest"]
+    assert after["refresh"] == before["refresh"] + 1  # then the rejection is remembered
+    assert len(gateway.events("auth.guest_issued")) == 1
+
+
+async def test_dead_token_without_refresh_credential_reuses_the_guest_cookie(
+        make_gateway: MakeGateway, backend: Backend) -> None:
+    """``send = "refresh_body"`` and no refresh cookie: nothing to refresh with. Every request
+    used to get a new guest token (and cost a backend guest call)."""
+    gateway = make_gateway(BACKEND_MODE.replace(
+        "[guest]", '[auth.refresh]\nsend = "refresh_body"\n\n[guest]'))
+    guest = new_guest_token(await get(gateway, "/api/echo/first"))
+    stale = dead_user_token()
+    before = counts(backend)
+    replies = [await get(gateway, f"/api/echo/{i}", cookie=f"userToken={stale}; guestToken={guest}")
+               for i in range(4)]
+    after = counts(backend)
+    for reply in replies:
+        assert reply.status_code == 200, reply.text
+        assert cookie_value(reply, "guestToken") is None, "guest token replaced"
+        assert echoed(reply.json(), "authorization") == [f"Bearer {guest}"]
+    assert after["guest"] == before["guest"]
+    assert after["refresh"] == before["refresh"]
+
+
+async def test_guest_limit_answer_still_clears_a_dead_session(
+        make_gateway: MakeGateway, backend: Backend) -> None:
+    gateway = make_gateway(BACKEND_MODE.replace(
+        'mode = "backend"', 'mode = "backend"\nper_client_per_minute = 1'))
+    assert (await get(gateway, "/api/echo/first")).status_code == 200  # spends the allowance
+    reply = await get(gateway, "/api/echo/a",
+                      cookie=f"userToken={dead_user_token()}; refreshToken=garbage")
+    assert reply.status_code == 429, reply.text
+    assert cookie_value(reply, "userToken") == ""
+    assert cookie_value(reply, "refreshToken") == ""
+    assert [e["reason"] for e in gateway.events("auth.session_cleared")] == ["refresh_rejected"]
+
+
 @pytest.mark.parametrize("mode", ["backend", "local"])
 async def test_login_removes_the_guest_cookie(
         make_gateway: MakeGateway, backend: Backend, monkeypatch: pytest.MonkeyPatch,

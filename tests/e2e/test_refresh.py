@@ -325,6 +325,46 @@ async def test_refresh_outage_is_503_with_cookies_untouched(
     assert_no_raw_tokens(gw, creds.access, creds.refresh, new)
 
 
+@pytest.mark.parametrize("family", FAMILIES, ids=str)
+async def test_validate_outage_right_after_a_refresh_keeps_the_new_tokens(
+        start: StartGateway, backend: Backend, family: Family) -> None:
+    """The refresh succeeded (the backend rotated and blacklisted the old credential), then
+    checking the new token hit an outage. The 503 must still hand over the new tokens, and
+    the old ones keep working through the grace window: nobody is logged out."""
+    gw = start(family.preset)
+    retries = gw.app.settings.auth.retries
+    creds = session(backend, family)  # expired: known locally, no validate call for it
+    backend.fault(family.validate_key, 503, count=1 + retries)
+    async with client(gw) as c:
+        down = await c.get("/api/echo", headers=creds.headers())
+        assert down.status_code == 503, down.text
+        assert down.headers.get("retry-after")
+        assert_nothing_cleared(down)
+        cookies = set_cookies(down)
+        new_access = cookie_value(cookies[ACCESS])
+        assert new_access != creds.access
+        new_refresh = cookie_value(cookies[REFRESH]) if REFRESH in cookies else creds.refresh
+        if family.spa:
+            assert down.headers.get_list("x-refreshed-token") == [new_access]
+        unavailable = gw.events("auth.backend_unavailable")
+        assert [e["token_fp"] for e in unavailable] == [fp(creds.access)]
+
+        # The validate endpoint is back: the new tokens work, and so (inside the grace
+        # window) does the stale tab that still holds the old ones.
+        new = Creds(new_access, new_refresh, family.spa)
+        fresh = await c.get("/api/echo", headers=new.headers())
+        stale = await c.get("/api/echo", headers=creds.headers())
+    assert fresh.status_code == 200, fresh.text
+    assert upstream_saw(fresh)["authorization"] == [f"{family.scheme} {new_access}"]
+    assert stale.status_code == 200, stale.text
+    assert upstream_saw(stale)["authorization"] == [f"{family.scheme} {new_access}"]
+    for answer in (fresh, stale):
+        assert_nothing_cleared(answer)
+    assert backend.calls(family.refresh_key) == 1
+    assert not gw.events("auth.session_cleared")
+    assert_no_raw_tokens(gw, creds.access, creds.refresh, new_access, new_refresh)
+
+
 async def test_refresh_network_error_is_503_with_cookies_untouched(
         start: StartGateway, backend: Backend) -> None:
     closed = f"http://127.0.0.1:{free_port()}"
