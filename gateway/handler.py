@@ -109,6 +109,28 @@ def identity_headers(session: Session, scheme: str) -> list[tuple[bytes, bytes]]
     return headers
 
 
+def _without_stale_tokens(headers: list[tuple[bytes, bytes]], names: tuple[bytes, ...],
+                          token: str | None) -> list[tuple[bytes, bytes]]:
+    """Drop the gateway's token cookies (access, guest) that do not hold the token being
+    forwarded: an invalid or replaced token is not sent on (3.3), in a cookie no more than
+    in ``Authorization``. Other cookies pass byte for byte."""
+    keep = token.encode("ascii") if token is not None else None
+    out: list[tuple[bytes, bytes]] = []
+    for name, value in headers:
+        if name == b"cookie" and any(n in value for n in names):
+            pieces = [p for p in value.split(b";") if not _stale(p, names, keep)]
+            if not pieces:
+                continue
+            value = b";".join(pieces).lstrip(b" ")
+        out.append((name, value))
+    return out
+
+
+def _stale(piece: bytes, names: tuple[bytes, ...], keep: bytes | None) -> bool:
+    name, _, value = piece.partition(b"=")
+    return name.strip() in names and value.strip() != keep
+
+
 class HTTPHandler:
     def __init__(
         self,
@@ -138,6 +160,8 @@ class HTTPHandler:
         self._login_capture = login
         self._logout = logout
         self._scheme = settings.auth.scheme
+        self._token_cookies = (settings.cookies.access.encode("latin-1"),
+                               settings.cookies.guest.encode("latin-1"))
         self._login = settings.login
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -225,6 +249,7 @@ class HTTPHandler:
         decision = decide(route, identity.token_type if identity else None,
                           identity.roles if identity else ())
         if decision is Decision.ALLOW:
+            forwarded = _without_stale_tokens(forwarded, self._token_cookies, session.token)
             forwarded.extend(identity_headers(session, self._scheme))
             await forward(scope, receive, send, path=path, headers=forwarded,
                           extra_response_headers=session.response_headers)

@@ -478,6 +478,28 @@ async def test_rejected_refresh_continues_as_anonymous(
     assert_no_raw_tokens(gw, creds.access, creds.refresh)
 
 
+@pytest.mark.parametrize("family", FAMILIES, ids=str)
+async def test_dead_and_replaced_tokens_are_not_sent_on_in_cookies(
+        start: StartGateway, backend: Backend, family: Family) -> None:
+    """3.3: an invalid token is dropped from the forwarded request: from the Cookie header
+    too, not only from Authorization. Other cookies (the refresh cookie included, which an
+    app's own refresh endpoint may need) pass unchanged."""
+    gw = start(family.preset, routes=[OPEN_ECHO])
+    dead = dead_session(backend, family)
+    expired = session(backend, family)
+    async with client(gw) as c:
+        public = await c.get("/api/echo/open/x", headers={
+            "cookie": f"theme=dark; {ACCESS}={dead.access}; lang=en"})
+        refreshed = await c.get("/api/echo", headers=expired.headers(
+            spa=False, cookie=f"{ACCESS}={expired.access}; theme=dark"
+                              + (f"; {REFRESH}={expired.refresh}" if expired.refresh else "")))
+    assert public.status_code == 200, public.text
+    assert upstream_saw(public)["cookie"] == ["theme=dark; lang=en"]
+    assert refreshed.status_code == 200, refreshed.text
+    expected = "theme=dark" + (f"; {REFRESH}={expired.refresh}" if expired.refresh else "")
+    assert upstream_saw(refreshed)["cookie"] == [expected]
+
+
 async def test_drf_open_view_gets_no_dead_token(start: StartGateway, backend: Backend) -> None:
     """A DRF AllowAny view answers 401 when handed an expired token: the gateway drops it."""
     gw = start(DJANGO.preset)
