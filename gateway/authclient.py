@@ -40,6 +40,9 @@ class AuthReply:
         return 200 <= self.status < 300
 
 
+_MAX_TRY_S = 10.0
+
+
 def dig(document: Any, dotted: str) -> Any:
     """``dig({"data": {"a": 1}}, "data.a") == 1``; ``""`` is the whole document; None if absent."""
     if not dotted:
@@ -56,10 +59,14 @@ class AuthClient:
         self._base = settings.auth_url
         self._retries = settings.auth.retries
         self._backoff = settings.auth.retry_backoff_s
+        # The contract has no auth timeout key: an auth call is a small JSON exchange, so each
+        # try is bounded by the upstream timeouts but never more than _MAX_TRY_S in all; a hung
+        # validate endpoint costs (1 + retries) x that before the 503, not minutes.
         self._timeout = aiohttp.ClientTimeout(
-            total=None,
+            total=min(_MAX_TRY_S, settings.upstream.connect_timeout_s
+                      + settings.upstream.read_timeout_s),
             sock_connect=settings.upstream.connect_timeout_s,
-            sock_read=settings.upstream.read_timeout_s,
+            sock_read=min(_MAX_TRY_S, settings.upstream.read_timeout_s),
         )
         self._session: aiohttp.ClientSession | None = None
 

@@ -1,9 +1,10 @@
 """Guest tokens for anonymous visitors of ``guest`` routes (CONTRACT.md §3.5).
 
 * ``backend`` mode: ``POST <auth.url><guest.path>`` mints the token. An anonymous flood must not
-  become a backend flood, so issuance is bounded twice: at most ``guest.max_concurrent`` calls
-  in flight, and at most ``guest.per_client_per_minute`` per client address. Over a bound the
-  client gets 429 with ``Retry-After`` at once; nothing queues.
+  become a backend flood, so issuance is bounded three ways: at most ``guest.max_concurrent``
+  calls in flight, ``guest.per_client_per_minute`` per client address, and ``guest.per_minute``
+  in all (a flood from many addresses). Over a bound the client gets 429 with ``Retry-After``
+  at once; nothing queues. The bounds are per process.
 * ``local`` mode: the gateway signs an HS256 JWT (``sub = "guest:<uuid4>"``, ``typ = "guest"``)
   with the key from ``$<guest.secret_env>`` and validates it itself; no backend call at all.
 """
@@ -62,6 +63,10 @@ def guest_secret(settings: Settings) -> bytes:
     return value.encode("utf-8")
 
 
+def _retry_after(now: float, window_start: float) -> int:
+    return max(1, int(_WINDOW_S - (now - window_start)) + 1)
+
+
 class GuestIssuer:
     def __init__(self, settings: Settings, client: AuthClient, store: Store) -> None:
         g = settings.guest
@@ -76,6 +81,7 @@ class GuestIssuer:
         self._in_flight = 0
         self._per_client: TTLCache[str, tuple[float, int]] = TTLCache(
             maxsize=100_000, ttl=_WINDOW_S)
+        self._everyone: tuple[float, int] = (time.monotonic(), 0)  # window start, issued
 
     # ---------------------------------------------------------------- local tokens
 
@@ -122,8 +128,14 @@ class GuestIssuer:
         if now - start >= _WINDOW_S:
             start, count = now, 0
         if count >= self._settings.per_client_per_minute:
-            raise GuestLimited(max(1, int(_WINDOW_S - (now - start)) + 1))
+            raise GuestLimited(_retry_after(now, start))
+        every_start, every_count = self._everyone
+        if now - every_start >= _WINDOW_S:
+            every_start, every_count = now, 0
+        if every_count >= self._settings.per_minute:
+            raise GuestLimited(_retry_after(now, every_start))
         self._per_client[client_ip] = (start, count + 1)
+        self._everyone = (every_start, every_count + 1)
 
     async def _from_backend(self) -> Guest:
         body = None

@@ -122,6 +122,7 @@ class GuestSettings:
     # Backend-mode flood bounds. Not in CONTRACT.md §2 yet (the guest issue asks for them).
     max_concurrent: int = 16
     per_client_per_minute: int = 30
+    per_minute: int = 1200
 
 
 @dataclass(frozen=True)
@@ -492,6 +493,7 @@ def _check_guest(s: Settings, problems: list[str]) -> None:
     _range(g.ttl_s, "guest.ttl_s", problems, low=0, low_inclusive=False)
     _range(g.max_concurrent, "guest.max_concurrent", problems, low=1)
     _range(g.per_client_per_minute, "guest.per_client_per_minute", problems, low=1)
+    _range(g.per_minute, "guest.per_minute", problems, low=1)
     if g.username and not g.password_env:
         problems.append("guest.password_env: required when guest.username is set")
     if g.mode == "local" and not g.secret_env:

@@ -301,7 +301,8 @@ def test_secret_of_32_bytes_is_enough(monkeypatch: pytest.MonkeyPatch, value: st
 
 
 @pytest.mark.parametrize(("key", "value"), [
-    ("max_concurrent", 0), ("per_client_per_minute", 0), ("ttl_s", 0), ("mode", "remote"),
+    ("max_concurrent", 0), ("per_client_per_minute", 0), ("per_minute", 0), ("ttl_s", 0),
+    ("mode", "remote"),
 ])
 def test_guest_settings_are_checked(key: str, value: Any) -> None:
     with pytest.raises(SettingsError) as caught:
@@ -397,6 +398,21 @@ async def test_per_client_limit() -> None:
     # Another client has its own budget.
     await issuer.issue("10.0.0.2")
     assert len(fake.calls) == 4
+
+
+async def test_overall_limit_holds_across_many_clients() -> None:
+    fake = FakeAuthClient()
+    issuer = backend_issuer(fake, per_client_per_minute=100, per_minute=5)
+    for i in range(5):
+        await issuer.issue(f"10.0.1.{i}")
+    for i in range(5, 20):
+        with pytest.raises(GuestLimited) as caught:
+            await issuer.issue(f"10.0.1.{i}")
+        assert 59 <= caught.value.retry_after <= 61
+    assert len(fake.calls) == 5
+    issuer._everyone = (time.monotonic() - 61, 5)  # the window started 61 s ago
+    await issuer.issue("10.0.1.99")
+    assert len(fake.calls) == 6
 
 
 async def test_per_client_window_resets_after_a_minute() -> None:

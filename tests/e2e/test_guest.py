@@ -658,9 +658,12 @@ async def _read_reply(reader: asyncio.StreamReader) -> Reply:
     return Reply(status, headers, body)
 
 
-async def _flood(gateway: RunningGateway, total: int, concurrency: int) -> list[Reply]:
-    """``total`` anonymous GETs over ``concurrency`` keep-alive connections from 127.0.0.1.
-    Written by hand: an HTTP client library costs ~20x more CPU than the gateway does here."""
+async def _flood(gateway: RunningGateway, total: int, concurrency: int,
+                 spoof: bool = False) -> list[Reply]:
+    """``total`` anonymous GETs over ``concurrency`` keep-alive connections from 127.0.0.1
+    (with ``spoof``, each from its own ``X-Forwarded-For`` address, as seen behind a trusted
+    load balancer). Written by hand: an HTTP client library costs ~20x more CPU than the
+    gateway does here."""
     port = gateway.server.port
     paths = iter(range(total))
     replies: list[Reply] = []
@@ -669,9 +672,11 @@ async def _flood(gateway: RunningGateway, total: int, concurrency: int) -> list[
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         try:
             for i in paths:
+                forwarded = f"x-forwarded-for: 10.{i >> 16}.{(i >> 8) & 255}.{i & 255}\r\n" \
+                    if spoof else ""
                 writer.write(f"GET /api/echo/flood/{i} HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\n"
                              f"accept: application/json\r\nx-requested-with: XMLHttpRequest"
-                             f"\r\n\r\n".encode("ascii"))
+                             f"\r\n{forwarded}\r\n".encode("ascii"))
                 await writer.drain()
                 reply = await _read_reply(reader)
                 replies.append(reply)
@@ -724,6 +729,30 @@ async def test_flood_of_anonymous_requests_is_bounded_per_client(
     assert len(denied) == statuses[429]
     assert len(gateway.events("auth.guest_issued")) == statuses[200]
     assert_no_raw_tokens(gateway, *tokens)
+
+
+async def test_flood_from_many_addresses_is_bounded_overall(
+        make_gateway: MakeGateway, backend: Backend, capsys: pytest.CaptureFixture[str]
+        ) -> None:
+    """Behind a trusted load balancer every request can come from a new address: the
+    per-client bound never triggers, the overall ``per_minute`` does."""
+    gateway = make_gateway(BACKEND_MODE.replace(
+        'mode = "backend"', 'mode = "backend"\nper_client_per_minute = 30\nper_minute = 50')
+        + '\n[server]\ntrusted_proxies = ["127.0.0.1/32"]\n')
+    before = counts(backend)
+    replies = await _flood(gateway, total=1000, concurrency=8, spoof=True)
+    statuses = Counter(r.status for r in replies)
+    guest_calls = counts(backend)["guest"] - before["guest"]
+    with capsys.disabled():
+        print(f"\n[guest flood, 1000 addresses] concurrency 8, per_minute=50: "
+              f"statuses={dict(statuses)} backend guest calls={guest_calls}")
+    assert guest_calls == statuses[200] == 50
+    assert statuses[429] == 950
+    for reply in replies:
+        if reply.status == 429:
+            _check_limited(reply)
+    clients = {e["client_ip"] for e in gateway.events("auth.guest_issued")}
+    assert len(clients) == 50  # each from its own address: the per-client bound never hit
 
 
 async def test_slow_guest_endpoint_bounds_calls_in_flight(
