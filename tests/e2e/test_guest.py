@@ -32,7 +32,7 @@ import jwt
 import pytest
 
 from gateway.demo import BackendOptions, create_backend
-from tests.conftest import Backend, MakeGateway, RunningGateway
+from tests.conftest import Backend, MakeGateway, RunningGateway, StartGateway
 from tests.servers import serving
 from tests.test_guest import FORGERS, SECRET, SECRET_ENV, WRONG_SECRET, forged_sub
 
@@ -382,6 +382,44 @@ async def test_local_mode_forged_guest_token_is_replaced(
     refused = await get(gateway, "/api/echo/private/x", cookie=f"guestToken={forged}")
     assert refused.status_code == 401
     assert cookie_value(refused, "guestToken") is None
+
+
+@pytest.mark.parametrize("kind", sorted(FORGERS))
+async def test_backend_mode_forged_guest_token_is_replaced(
+        make_gateway: MakeGateway, backend: Backend, kind: str) -> None:
+    """Backend mode: the backend's /auth/me judges a guest cookie; a forged one (the backend's
+    key is unknown to the forger) gets a fresh backend-minted guest, never its claimed id."""
+    gateway = make_gateway(BACKEND_MODE)
+    forged = FORGERS[kind](WRONG_SECRET)
+    reply = await get(gateway, "/api/echo/a", cookie=f"guestToken={forged}")
+    assert reply.status_code == 200, reply.text
+    new = new_guest_token(reply)
+    body = reply.json()
+    assert echoed(body, "authorization") == [f"Bearer {new}"]
+    assert echoed(body, "x-auth-user-id") == [unverified(new)["sub"]]
+    assert echoed(body, "x-auth-user-id") != [forged_sub(forged)]
+    refused = await get(gateway, "/api/echo/private/x", cookie=f"guestToken={forged}")
+    assert refused.status_code == 401
+    assert_no_raw_tokens(gateway, forged, new)
+
+
+async def test_next_api_layer_preset_guest_section(start: StartGateway, backend: Backend
+                                                   ) -> None:
+    """The preset as shipped: /api/items/** is a guest route served with a backend-minted
+    guest token, reused on the next visit; /api/** still needs a user."""
+    gateway = start("next-api-layer")
+    before = counts(backend)
+    first = await get(gateway, "/api/items")
+    assert first.status_code == 200, first.text
+    token = new_guest_token(first)
+    sub = unverified(token)["sub"]
+    assert first.json()["user_id"] == sub  # the app saw the guest's id from the gateway
+    again = await get(gateway, "/api/items", cookie=f"guestToken={token}")
+    assert again.status_code == 200 and cookie_value(again, "guestToken") is None
+    assert again.json()["user_id"] == sub
+    private = await get(gateway, "/api/echo", cookie=f"guestToken={token}")
+    assert private.status_code == 401
+    assert counts(backend)["guest"] == before["guest"] + 1
 
 
 async def test_local_guest_token_in_authorization_is_checked_locally(

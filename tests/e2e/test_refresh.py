@@ -500,6 +500,21 @@ async def test_dead_and_replaced_tokens_are_not_sent_on_in_cookies(
     assert upstream_saw(refreshed)["cookie"] == [expected]
 
 
+async def test_cleared_cookies_carry_the_configured_path_and_domain(
+        start: StartGateway, backend: Backend) -> None:
+    """A clearing Set-Cookie only works with the same name, path and domain as the cookie."""
+    gw = start(DJANGO.preset, {"cookies": {"domain": "app.example.test", "path": "/app"}})
+    creds = dead_session(backend, DJANGO)
+    async with client(gw) as c:
+        answer = await c.get("/api/echo", headers=creds.headers())
+    assert answer.status_code == 401, answer.text
+    for name in (ACCESS, REFRESH):
+        attrs = attributes(set_cookies(answer)[name])
+        assert cookie_value(set_cookies(answer)[name]) == ""
+        assert (attrs["max-age"], attrs["path"], attrs["domain"]) == (
+            "0", "/app", "app.example.test")
+
+
 async def test_drf_open_view_gets_no_dead_token(start: StartGateway, backend: Backend) -> None:
     """A DRF AllowAny view answers 401 when handed an expired token: the gateway drops it."""
     gw = start(DJANGO.preset)
