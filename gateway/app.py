@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from gateway.audit import AuditLog
+from gateway.audit import AuditLog, sink_problem
 from gateway.authclient import AuthClient
 from gateway.cookies import CookiePolicy
 from gateway.cors import CorsPolicy
@@ -128,6 +128,9 @@ def environment_problems(settings: Settings) -> list[str]:
             check(settings)
         except SettingsError as exc:
             problems.extend(exc.problems)
+    problem = sink_problem(settings.audit.sink)
+    if problem:
+        problems.append(f"audit.sink: {problem}")
     return problems
 
 

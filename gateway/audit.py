@@ -9,11 +9,13 @@ looks like a JWT or a long bearer secret, are replaced before rendering.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import sys
 import threading
 from collections.abc import Callable, MutableMapping
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import IO, Any, TextIO
 
 import structlog
@@ -87,6 +89,22 @@ class _LineWriter:
             self._stream.flush()
 
     info = warning = error = msg
+
+
+def sink_problem(sink: str) -> str | None:
+    """Why a file sink cannot be appended to, checked without creating it."""
+    if sink in ("stdout", "stderr"):
+        return None
+    path = Path(sink)
+    if path.exists():
+        if not path.is_file():
+            return f"{sink} is not a regular file"
+        return None if os.access(path, os.W_OK) else f"{sink} is not writable"
+    directory = path.parent
+    if not directory.is_dir():
+        return f"directory {directory} does not exist"
+    return None if os.access(directory, os.W_OK) else f"directory {directory} is not writable"
+
 
 
 def _open_sink(sink: str) -> tuple[TextIO, bool]:

@@ -13,6 +13,27 @@ from gateway.settings import Settings, SettingsError, load_settings
 EXIT_BAD_CONFIG = 2
 
 
+def _port(text: str) -> int:
+    value = _integer(text)
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be 1..65535, not {value}")
+    return value
+
+
+def _workers(text: str) -> int:
+    value = _integer(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, not {text!r}") from None
+
+
 def _config_path(flag: str | None) -> Path:
     return Path(flag or os.environ.get("GATEWAY_CONFIG") or "gateway.toml")
 
@@ -93,6 +114,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         workers=workers,
         proxy_headers=False,  # X-Forwarded-* trust is the gateway's own decision
         log_level="info",
+        # uvicorn's access log prints raw query strings (?access_token=...): the audit stream
+        # and /__gateway/metrics are the gateway's request records.
+        access_log=False,
         lifespan="on",
     )
     return 0
@@ -112,8 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the gateway")
     serve.add_argument("--config", help="config file (default: $GATEWAY_CONFIG or ./gateway.toml)")
     serve.add_argument("--host")
-    serve.add_argument("--port", type=int)
-    serve.add_argument("--workers", type=int)
+    serve.add_argument("--port", type=_port)
+    serve.add_argument("--workers", type=_workers)
     serve.set_defaults(func=_cmd_serve)
 
     check = commands.add_parser("check", help="validate a config and print a summary")
@@ -121,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(func=_cmd_check)
 
     demo = commands.add_parser("demo", help="the reference backend with the gateway in front")
-    demo.add_argument("--port", type=int, default=8080)
+    demo.add_argument("--port", type=_port, default=8080)
     demo.set_defaults(func=_cmd_demo)
     return parser
 

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from gateway.settings import load_settings
+from tests.conftest import Backend
+from tests.servers import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = [ROOT / "gateway.toml.example", *sorted((ROOT / "config").glob("*.toml"))]
@@ -177,3 +183,113 @@ def test_missing_file_named_by_env_exits_2(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert str(path) in result.stderr
     assert "Traceback" not in result.stderr
+
+
+# -- serve and demo as real processes -----------------------------------------------------------
+
+
+def gateway_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "gateway", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=30)
+
+
+@pytest.mark.parametrize(("flag", "value", "message"), [
+    ("--port", "70000", "must be 1..65535"),
+    ("--port", "0", "must be 1..65535"),
+    ("--port", "eighty", "must be a whole number"),
+    ("--workers", "0", "must be at least 1"),
+    ("--workers", "-1", "must be at least 1"),
+])
+def test_serve_refuses_bad_flags(flag: str, value: str, message: str) -> None:
+    result = gateway_cli("serve", "--config", str(ROOT / "gateway.toml.example"), flag, value)
+    assert result.returncode == 2
+    assert flag in result.stderr and message in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_unwritable_audit_sink_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "sink.toml"
+    missing = tmp_path / "no-such-dir" / "audit.jsonl"
+    path.write_text(f'[upstream]\nurl = "http://app:8000"\n[audit]\nsink = "{missing}"\n',
+                    encoding="utf-8")
+    for command in ("check", "serve"):
+        result = gateway_cli(command, "--config", str(path))
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.splitlines() == [
+            f"audit.sink: directory {missing.parent} does not exist"]
+    assert not missing.parent.exists()
+
+
+def _started(proc: subprocess.Popen[str], url: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()[0]
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url + "/__gateway/health", timeout=1).status_code == 200:
+                return
+        time.sleep(0.05)
+    raise AssertionError(f"{proc.args} did not start")
+
+
+def _interrupted(proc: subprocess.Popen[str]) -> tuple[int, str]:
+    proc.send_signal(signal.SIGINT)
+    output, _ = proc.communicate(timeout=20)
+    return proc.returncode, output
+
+
+def test_demo_runs_logs_in_and_stops_on_ctrl_c() -> None:
+    """§1: ``gateway demo`` prints the URL and a login, and serves until Ctrl-C."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen([sys.executable, "-m", "gateway", "demo", "--port", str(port)],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    try:
+        _started(proc, url)
+        with httpx.Client(base_url=url) as client:
+            anonymous = client.get("/dashboard", headers={"accept": "text/html"})
+            assert anonymous.status_code == 302
+            assert anonymous.headers["location"] == "/login?next=/dashboard"
+            login = client.post("/auth/login", json={"email": "demo@example.com",
+                                                      "password": "demo-password"})
+            assert login.status_code == 200, login.text
+            assert "accessToken" not in login.text  # kept in an HttpOnly cookie instead
+            dashboard = client.get("/dashboard", headers={"accept": "text/html"})
+            assert dashboard.status_code == 200
+            assert '<span id="user-id">1</span>' in dashboard.text
+    finally:
+        code, output = _interrupted(proc)
+    assert code == 0, output
+    assert f"{url}" in output and "demo@example.com / demo-password" in output
+    assert "Traceback" not in output
+
+
+def test_asgi_app_under_plain_uvicorn_keeps_queries_out_of_the_logs(
+        tmp_path: Path, backend: Backend) -> None:
+    """README: ``GATEWAY_CONFIG=... uvicorn gateway.asgi:app``; and ``gateway serve`` does not
+    print raw query strings (uvicorn's access log would: ``?access_token=...``)."""
+    config = tmp_path / "gateway.toml"
+    config.write_text(f'[upstream]\nurl = "{backend.url}"\n[[routes]]\n'
+                      f'match = "/api/public/**"\naccess = "public"\n', encoding="utf-8")
+    secret = "query-secret-0123456789"
+    runs = {
+        "uvicorn": [sys.executable, "-m", "uvicorn", "gateway.asgi:app", "--no-proxy-headers",
+                    "--no-access-log"],
+        "serve": [sys.executable, "-m", "gateway", "serve", "--config", str(config)],
+    }
+    for name, command in runs.items():
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        proc = subprocess.Popen([*command, "--port", str(port)], cwd=tmp_path,
+                                env={**os.environ, "GATEWAY_CONFIG": str(config)},
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            _started(proc, url)
+            reply = httpx.get(f"{url}/api/public/hello?access_token={secret}")
+            assert reply.status_code == 200, (name, reply.text)
+            assert reply.json() == {"hello": "world"}
+            refused = httpx.get(f"{url}/api/items", headers={"accept": "application/json"})
+            assert refused.status_code == 401, name
+        finally:
+            _, output = _interrupted(proc)
+        assert secret not in output, (name, output)

@@ -82,7 +82,8 @@ async def _serve(port: int) -> None:
     )
     gateway = uvicorn.Server(
         uvicorn.Config(
-            create_app(demo_settings(backend_url)), log_level="info", proxy_headers=False
+            create_app(demo_settings(backend_url)), log_level="info", proxy_headers=False,
+            access_log=False,  # it prints raw query strings; the audit stream is on stdout
         )
     )
     print(f"reference backend: {backend_url}")
