@@ -6,6 +6,7 @@ import base64
 import binascii
 import hashlib
 import json
+import math
 import re
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -110,12 +111,22 @@ def jwt_claims(token: str) -> dict[str, Any] | None:
     payload = parts[1]
     try:
         data = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-    except (binascii.Error, ValueError):
+    except (binascii.Error, ValueError, RecursionError):  # RecursionError: [[[[...]]]]
         return None
     return data if isinstance(data, dict) else None
 
 
-def jwt_exp(token: str) -> float | None:
-    claims = jwt_claims(token)
+def claims_exp(claims: dict[str, Any] | None) -> float | None:
+    """``exp`` as a finite float; anything else (absent, a string, 10**400, NaN) is None."""
     exp = claims.get("exp") if claims else None
-    return float(exp) if isinstance(exp, int | float) and not isinstance(exp, bool) else None
+    if not isinstance(exp, int | float) or isinstance(exp, bool):
+        return None
+    try:
+        value = float(exp)
+    except OverflowError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def jwt_exp(token: str) -> float | None:
+    return claims_exp(jwt_claims(token))

@@ -19,7 +19,7 @@ from gateway.authclient import AuthClient, BackendUnavailable, dig
 from gateway.settings import Settings
 from gateway.singleflight import SharedFlight
 from gateway.state import MemoryStore, Store
-from gateway.tokens import FoundToken, jwt_claims, token_key
+from gateway.tokens import FoundToken, claims_exp, jwt_claims, token_key
 
 TokenType = Literal["user", "guest"]
 CacheState = Literal["hit", "miss", "merged"]
@@ -146,10 +146,8 @@ class Validator:
 
     def _expires(self, claims: dict[str, Any] | None) -> float:
         """When a token stops being usable: its JWT ``exp`` plus the allowed clock skew."""
-        exp = claims.get("exp") if claims else None
-        if isinstance(exp, int | float) and not isinstance(exp, bool):
-            return float(exp) + self._skew
-        return math.inf
+        exp = claims_exp(claims)
+        return math.inf if exp is None else exp + self._skew
 
     async def forget(self, token: str) -> None:
         await self._store.delete(_CACHE + token_key(token))

@@ -24,6 +24,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urljoin, urlsplit
 
 import httpx
+import pytest
 
 from tests.conftest import Backend, MakeGateway, RunningGateway
 
@@ -433,6 +434,40 @@ def test_malformed_authorization(make_gateway: MakeGateway, backend: Backend) ->
         assert reply.header_list("set-cookie") == [], name
     assert len(gateway.events("auth.denied")) == len(MALFORMED)
     assert me_calls(backend) - before == 0  # never sent to the backend
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def _crafted_jwt(payload: bytes) -> str:
+    return ".".join((_b64(b'{"alg":"HS256"}'), _b64(payload), _b64(b"signature")))
+
+
+CRAFTED: list[tuple[str, bytes]] = [
+    ("exp beyond float", b'{"exp": 1' + b"0" * 400 + b"}"),
+    ("exp negative beyond float", b'{"exp": -1' + b"0" * 400 + b"}"),
+    ("exp NaN", b'{"exp": NaN}'),
+    ("exp Infinity", b'{"exp": Infinity}'),
+    ("nested 3000 deep", b"[" * 3000 + b"]" * 3000),
+    ("nested object", b'{"exp": ' + b'{"a":' * 3000 + b"1" + b"}" * 3000 + b"}"),
+]
+
+
+@pytest.mark.parametrize(("name", "payload"), CRAFTED, ids=[n for n, _ in CRAFTED])
+def test_crafted_jwt_payloads_are_refused_not_a_500(
+        make_gateway: MakeGateway, name: str, payload: bytes) -> None:
+    """Unverified claim peeking (exp) must survive any payload the client can craft."""
+    gateway = make_gateway(ROUTES)
+    token = _crafted_jwt(payload)
+    with httpx.Client(base_url=gateway.url) as client:
+        for headers in ({"authorization": f"Bearer {token}"}, {"cookie": f"userToken={token}"}):
+            private = client.get("/api/echo/private", headers={**XHR, **headers})
+            assert private.status_code == 401, (name, private.text)
+            assert private.json()["error"] == "unauthenticated"
+            public = client.get("/api/echo/public/x", headers=headers)
+            assert public.status_code == 200, (name, public.text)
+            assert echoed(public.json(), "authorization") == []
 
 
 def test_malformed_cookie_token(make_gateway: MakeGateway, backend: Backend) -> None:
