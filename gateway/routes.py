@@ -167,6 +167,17 @@ def _canonical_token(match: re.Match[str]) -> str:
     return f"%{code:02X}"
 
 
+_ENCODED_SLASH = re.compile(r"%2F|%5C")
+
+
+def _refuse_encoded_dots(segment: str) -> None:
+    """``..%2Fadmin`` is one segment here, but a server or proxy that decodes ``%2F`` (or
+    treats ``%5C`` as a separator) and then resolves dot segments reaches another path than
+    the one the route was chosen for."""
+    if any(part in (".", "..") for part in _ENCODED_SLASH.split(segment)):
+        raise InvalidPath("dot segment hidden behind an encoded slash in path")
+
+
 def normalize_path(raw_path: bytes | str) -> str:
     """Return the canonical form of a raw request path, or raise InvalidPath.
 
@@ -191,6 +202,8 @@ def normalize_path(raw_path: bytes | str) -> str:
             continue
         if segment[0] == "." and _DOT_WITH_PARAMS.match(segment):
             raise InvalidPath("dot segment with path parameters (';') in path")
+        if "%2F" in segment or "%5C" in segment:
+            _refuse_encoded_dots(segment)
         stack.append(segment)
     if not stack:
         return "/"
@@ -301,6 +314,31 @@ class Route:
     methods: tuple[str, ...] = ()
     roles: tuple[str, ...] = ()
     unauthenticated: str = "auto"
+    # Set by the router when the path and its folded form pick different routes: the request
+    # must then satisfy each of them.
+    requires: tuple[Route, ...] = ()
+
+
+_LEVEL = {"public": 0, "guest": 1}  # anything else ranks as "user" (fail closed)
+_ESCAPE = re.compile(r"%[0-9a-f]{2}")
+_PARAMS = re.compile(r";[^/]*")
+
+
+def _folded(path: str) -> str:
+    """The path as a case-insensitive server that ignores ``;params`` (Express, Tomcat) sees
+    it: lower case, path parameters removed, escapes kept canonical."""
+    folded = path.lower()
+    if ";" in folded:
+        folded = _PARAMS.sub("", folded)
+    if "%" in folded:
+        folded = _ESCAPE.sub(lambda m: m.group().upper(), folded)
+    return folded
+
+
+def _both(first: Route, second: Route) -> Route:
+    stricter = max((first, second), key=lambda r: _LEVEL.get(r.access, 2))
+    return Route(match=first.match, access=stricter.access,
+                 unauthenticated=stricter.unauthenticated, requires=(first, second))
 
 
 _Matcher = Callable[[str], re.Match[str] | None]
@@ -317,12 +355,15 @@ class Router:
         self._routes = tuple(routes)
         self._default = default
         table: list[tuple[_Matcher, frozenset[str], Route]] = []
+        folded: list[tuple[_Matcher, frozenset[str], Route]] = []
         for route in self._routes:
             methods = {m.upper() for m in route.methods}
             if "GET" in methods:
                 methods.add("HEAD")
             table.append((compile_glob(route.match).match, frozenset(methods), route))
+            folded.append((compile_glob(_folded(route.match)).match, frozenset(methods), route))
         self._table = tuple(table)
+        self._folded_table = tuple(folded)
 
     @property
     def routes(self) -> tuple[Route, ...]:
@@ -333,12 +374,27 @@ class Router:
         return self._default
 
     def match(self, method: str, normalized_path: str) -> Route:
-        """Return the first route matching the method and path, else the default."""
+        """Return the first route matching the method and path, else the default.
+
+        Backends differ on case and ``;params``: Express matches ``/api/Admin`` against its
+        ``/api/admin`` handler, Tomcat serves ``/admin;x/stats`` as ``/admin/stats``. So the
+        folded form of the path is matched too (against folded globs), and when it picks
+        another route the answer is a route that requires both."""
         method = method.upper()
-        for matcher, methods, route in self._table:
+        route = self._first(self._table, method, normalized_path)
+        folded = _folded(normalized_path)
+        if folded != normalized_path:
+            other = self._first(self._folded_table, method, folded)
+            if other is not route:
+                return _both(route, other)
+        return route
+
+    def _first(self, table: tuple[tuple[_Matcher, frozenset[str], Route], ...], method: str,
+               path: str) -> Route:
+        for matcher, methods, route in table:
             if methods and method not in methods:
                 continue
-            if matcher(normalized_path) is not None:
+            if matcher(path) is not None:
                 return route
         return self._default
 
@@ -354,12 +410,18 @@ class Decision(enum.Enum):
     FORBIDDEN = "forbidden"
 
 
+_SEVERITY = {Decision.ALLOW: 0, Decision.FORBIDDEN: 1, Decision.UNAUTHENTICATED: 2}
+
+
 def decide(route: Route, token_type: str | None, roles: Sequence[str]) -> Decision:
     """Decide access to ``route`` for a request with the given token.
 
     ``token_type`` is None (no valid token), "guest" or "user"; anything else
     counts as no token.  ``roles`` are the token's roles.
     """
+    if route.requires:
+        return max((decide(r, token_type, roles) for r in route.requires),
+                   key=lambda d: _SEVERITY[d])
     access = route.access
     if access == "public":
         return Decision.ALLOW

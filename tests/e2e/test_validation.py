@@ -26,7 +26,7 @@ from urllib.parse import parse_qs, unquote, urljoin, urlsplit
 import httpx
 import pytest
 
-from tests.conftest import Backend, MakeGateway, RunningGateway
+from tests.conftest import Backend, MakeGateway, RunningGateway, StartGateway
 
 # Routes shared by most tests. Refresh is configured as "refresh_body" so that a request
 # without a refresh cookie never triggers a refresh: these tests are about validation only.
@@ -705,12 +705,19 @@ def test_path_normalization_before_matching(make_gateway: MakeGateway, backend: 
     assert reply.status == 200
     assert reply.json()["path"] == "/api/echo/public/~/x"
 
-    # An encoded slash is not a separator: "..%2F" is an ordinary segment.
-    reply = raw_request(gateway.url, b"/api/echo/public/..%2fprivate", xhr)
+    # An encoded slash is not a separator; but dot segments behind one are refused, since a
+    # hop that decodes %2F and resolves dots would reach another route.
+    reply = raw_request(gateway.url, b"/api/echo/public/a%2fb", xhr)
     assert reply.status == 200
-    assert reply.json()["path"] == "/api/echo/public/..%2Fprivate"
+    assert reply.json()["path"] == "/api/echo/public/a%2Fb"
+    for target in (b"/api/echo/public/..%2fprivate", b"/api/echo/public/..%2F..%2Fprivate",
+                   b"/api/echo/public/%2e%2e%5cprivate"):
+        reply = raw_request(gateway.url, target, xhr)
+        assert reply.status == 400, target
+        assert reply.json()["error"] == "invalid_path"
 
-    # Matching is case-sensitive: /API/... is not the public /api/... route.
+    # Case folds onto a stricter route but never a looser one: /API/public/... is not
+    # public (the path itself matches no public rule).
     for target in (b"/API/public/hello", b"/api/Public/hello", b"/api/ECHO/public/x"):
         assert raw_request(gateway.url, target, xhr).status == 401, target
     assert raw_request(gateway.url, b"/api/public/hello", xhr).status == 200
@@ -718,6 +725,21 @@ def test_path_normalization_before_matching(make_gateway: MakeGateway, backend: 
     # Java-style dot segments with parameters and encoded NULs are refused.
     for target in (b"/api/public/..;/items", b"/api/public/%00/x"):
         assert raw_request(gateway.url, target, xhr).status == 400, target
+
+
+def test_case_and_params_variants_of_an_admin_route_are_forbidden(
+        start: StartGateway, backend: Backend) -> None:
+    """Express matches routes case-insensitively, Tomcat drops ``;params``: with the express
+    preset a non-admin got 200 for /api/Admin/stats while /api/admin/stats was 403."""
+    gateway = start("express")
+    user = [(b"authorization", f"Bearer {backend.token(1)}".encode())]  # no admin role
+    admin = [(b"authorization", f"Bearer {backend.token(2)}".encode())]
+    for target in (b"/api/admin/stats", b"/api/Admin/stats", b"/API/admin/stats",
+                   b"/api/admin;x/stats", b"/api;v=1/ADMIN/stats"):
+        reply = raw_request(gateway.url, target, user)
+        assert reply.status == 403, target
+        assert reply.json()["error"] == "forbidden"
+    assert raw_request(gateway.url, b"/api/admin/stats", admin).status == 200
 
 
 HOSTILE_PATHS: list[bytes] = [
