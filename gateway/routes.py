@@ -12,7 +12,8 @@ The result is the canonical form that route globs are matched against:
   RFC 3986 section 2.3) are decoded (``%41`` -> ``A``, ``%2e`` -> ``.``).
   Every other escape is kept, with its hex digits upper-cased (``%2f`` ->
   ``%2F``).  An encoded slash or backslash (``%2F``, ``%5C``) is *not* a
-  segment separator, so ``..%2F`` is an ordinary segment, not a dot segment.
+  segment separator, but a segment that would hold a dot segment once they
+  are decoded (``..%2Fadmin``) is refused (below).
 * Printable ASCII characters that are not allowed raw in a path
   (space ``" < > [ ] ^ ` { | }``) are percent-encoded (space -> ``%20``), so
   ``/a b`` and ``/a%20b`` normalize to the same thing.
@@ -40,7 +41,9 @@ The result is the canonical form that route globs are matched against:
   passed something else (such as the full request target);
 * a ``%`` that isn't followed by two hex digits;
 * a segment ``.;...`` or ``..;...``, which Java servers (Tomcat, Jetty) treat
-  as a dot segment with path parameters: a known access-control bypass.
+  as a dot segment with path parameters: a known access-control bypass;
+* a ``.`` or ``..`` between encoded slashes (``..%2F``, ``x%5C..``): a hop that
+  decodes them and resolves dot segments would reach another route.
 
 Globs (:func:`compile_glob`)
 ----------------------------
@@ -61,7 +64,10 @@ several stars can't make matching a hostile path take super-linear time.
 Routing (:class:`Router`)
 -------------------------
 The first route whose glob matches and whose methods allow the request's
-method wins; otherwise the default route (whose ``match`` is not used).
+method wins; otherwise the default route (whose ``match`` is not used).  The
+folded path (lower case, ``;params`` dropped: how Express and Tomcat see it)
+is matched too, against folded globs; if it picks another route, the request
+must satisfy both (:attr:`Route.requires`), so folding only ever tightens.
 Methods are compared case-insensitively (``get`` is treated as ``GET``, since
 a backend may fold case).  A route that lists ``GET`` also matches ``HEAD``:
 servers answer HEAD with the GET handler, so a rule protecting GET must

@@ -159,6 +159,12 @@ class Validator:
             return b""  # the token is not valid
         if not reply.ok:  # 404, 429, ...: no verdict on the token
             raise BackendUnavailable("backend_error", f"validate answered {reply.status}")
+        if reply.body is None:
+            # A 200 maintenance or load-balancer page is no verdict either: treating it as
+            # "invalid" would refresh and, on a rejection, log the user out. (A JSON 2xx
+            # without a usable user stays "invalid": some backends answer 200
+            # {"success": false} for a bad token.)
+            raise BackendUnavailable("backend_error", "validate answered 2xx without JSON")
         identity = identity_from_user(
             dig(reply.body, self._user_path), id_field=self._id_field,
             roles_field=self._roles_field, token_type="guest" if guest else "user")

@@ -27,6 +27,7 @@ import httpx
 import pytest
 
 from tests.conftest import Backend, MakeGateway, RunningGateway, StartGateway
+from tests.servers import serving
 
 # Routes shared by most tests. Refresh is configured as "refresh_body" so that a request
 # without a refresh cookie never triggers a refresh: these tests are about validation only.
@@ -575,6 +576,47 @@ def test_outage_is_503_with_retry_after_and_no_cookie_change(
         assert reply.status_code == 200 and reply.json()["user_id"] == "1"
     assert me_calls(backend) == 1
     assert_no_raw_tokens(gateway, token, refresh)
+
+
+def _maintenance_backend(me_status: int, me_body: bytes, me_type: str) -> tuple[Any, Counter[str]]:
+    """An auth backend whose /auth/me answers a fixed page, counting every call."""
+    calls: Counter[str] = Counter()
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        calls[scope["path"]] += 1
+        status, body, kind = (me_status, me_body, me_type) if scope["path"] == "/auth/me" \
+            else (401, b'{"error": "no"}', "application/json")
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", kind.encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+    return app, calls
+
+
+@pytest.mark.parametrize(("status", "body", "kind"), [
+    (200, b"<html><body>Down for maintenance</body></html>", "text/html"),
+    (200, b"", "application/json"),
+    (404, b'{"detail": "Not found."}', "application/json"),
+    (429, b'{"detail": "Slow down."}', "application/json"),
+])
+def test_validate_reply_that_is_no_verdict_is_503_not_a_logout(
+        make_gateway: MakeGateway, status: int, body: bytes, kind: str) -> None:
+    """Only 401/403 (and a JSON 2xx) say something about the token. A 200 maintenance page
+    used to count as "invalid": a refresh followed and, rejected, cleared the cookies."""
+    app, calls = _maintenance_backend(status, body, kind)
+    with serving(app) as auth:
+        gateway = make_gateway(routes_with(f'url = "{auth.url}"', "retries = 0"))
+        with httpx.Client(base_url=gateway.url) as client:
+            reply = client.get("/api/items", headers={
+                "cookie": "userToken=opaque-session-token; refreshToken=opaque-refresh", **XHR})
+    assert reply.status_code == 503, reply.text
+    assert reply.headers.get("retry-after")
+    assert reply.json()["error"] == "auth_unavailable"
+    assert set_cookies(reply) == []
+    assert calls == {"/auth/me": 1}  # no refresh attempted
+    assert [e["reason"] for e in gateway.events("auth.backend_unavailable")] == ["backend_error"]
 
 
 def test_slow_backend_times_out_to_503(make_gateway: MakeGateway, backend: Backend) -> None:
