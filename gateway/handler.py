@@ -92,6 +92,17 @@ def _header(headers: Headers, name: bytes) -> bytes | None:
     return None
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f%]")
+
+
+def _header_safe(value: str) -> bytes:
+    """A backend-chosen id as a header value: UTF-8, with control characters (and ``%``)
+    percent-encoded so that no id can split or end a header line."""
+    if _CONTROL.search(value):
+        value = _CONTROL.sub(lambda m: f"%{ord(m.group()):02X}", value)
+    return value.encode("utf-8")
+
+
 def identity_headers(session: Session, scheme: str) -> list[tuple[bytes, bytes]]:
     """What the upstream learns of the session: the token (unless the backend could not
     verify it: a local guest token) and who it is."""
@@ -99,7 +110,7 @@ def identity_headers(session: Session, scheme: str) -> list[tuple[bytes, bytes]]
     if identity is None:
         return []
     headers = [
-        (b"x-auth-user-id", identity.user_id.encode("utf-8")),
+        (b"x-auth-user-id", _header_safe(identity.user_id)),
         (b"x-auth-token-type", identity.token_type.encode("ascii")),
         (b"x-auth-user", identity.user_b64),
         *session.upstream_headers,

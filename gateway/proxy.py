@@ -254,12 +254,19 @@ class Upstream:
                              [*own, (b"retry-after", b"1")], head=head)
             return
         try:
+            try:
+                outgoing = header_strings(headers)
+            except UnicodeDecodeError:
+                await send_error(send, 400, "invalid_header",
+                                 "A request header holds bytes that are not UTF-8.", own,
+                                 head=head)
+                return
             body = _RequestBody(receive, _has_body(scope))
             try:
                 response = await self._session.request(
                     scope["method"],
                     self.url(path, scope.get("query_string", b"")),
-                    headers=_multidict(headers),
+                    headers=outgoing,
                     data=None if body.done else body.__aiter__(),
                     allow_redirects=False,
                     compress=None,
@@ -273,6 +280,10 @@ class Upstream:
             except (aiohttp.ClientError, OSError):
                 await send_error(send, 502, "upstream_unreachable",
                                  "The upstream could not be reached.", own, head=head)
+                return
+            except ValueError:  # aiohttp refuses a header with a control character
+                await send_error(send, 502, "upstream_request_invalid",
+                                 "The request could not be sent upstream.", own, head=head)
                 return
             try:
                 if rewrite is not None and _rewritable(response):
@@ -382,5 +393,8 @@ def _rewritable(response: aiohttp.ClientResponse) -> bool:
     )
 
 
-def _multidict(headers: Headers) -> CIMultiDict[str]:
-    return CIMultiDict((k.decode("latin-1"), v.decode("latin-1")) for k, v in headers)
+def header_strings(headers: Headers) -> CIMultiDict[str]:
+    """aiohttp writes header strings as UTF-8: decoding the bytes as UTF-8 sends them on
+    exactly. Bytes that are not UTF-8 raise UnicodeDecodeError (the caller answers 400)
+    rather than reaching the upstream altered."""
+    return CIMultiDict((k.decode("latin-1"), v.decode("utf-8")) for k, v in headers)

@@ -13,7 +13,7 @@ import contextlib
 
 import aiohttp
 
-from gateway.proxy import Upstream
+from gateway.proxy import Upstream, header_strings
 from gateway.responses import send_error
 from gateway.types import Headers, Message, Receive, Scope, Send
 
@@ -63,10 +63,16 @@ class WebSocketRelay:
         url = self._upstream.url(path, scope.get("query_string", b""))
         url = url.with_scheme("wss" if url.scheme == "https" else "ws")
         try:
+            outgoing = header_strings([(k, v) for k, v in headers if k not in _HANDSHAKE])
+        except UnicodeDecodeError:
+            await send_error(send, 400, "invalid_header",
+                             "A request header holds bytes that are not UTF-8.",
+                             extra_response_headers)
+            return
+        try:
             upstream = await self._session.ws_connect(
                 url,
-                headers=[(k.decode("latin-1"), v.decode("latin-1")) for k, v in headers
-                         if k not in _HANDSHAKE],
+                headers=outgoing,
                 protocols=tuple(scope.get("subprotocols") or ()),
                 autoclose=False, autoping=True, max_msg_size=0,
                 timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=10.0),
@@ -79,6 +85,10 @@ class WebSocketRelay:
         except (aiohttp.ClientError, OSError, TimeoutError):
             await send_error(send, 502, "upstream_unreachable",
                              "The upstream could not be reached.", extra_response_headers)
+            return
+        except ValueError:  # aiohttp refuses a header with a control character
+            await send_error(send, 502, "upstream_request_invalid",
+                             "The request could not be sent upstream.", extra_response_headers)
             return
         async with upstream:
             await send({"type": "websocket.accept", "subprotocol": upstream.protocol,

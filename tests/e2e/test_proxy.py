@@ -728,3 +728,61 @@ async def test_bad_path_is_400_json(gw: RunningGateway, backend: Backend, target
     response = await raw_request(gw.url, target)
     assert_clean_error(response, 400)
     assert backend.calls("echo") == before
+
+
+# -- header bytes -----------------------------------------------------------------------------
+
+
+async def test_utf8_header_bytes_reach_the_upstream_unchanged(gw: RunningGateway) -> None:
+    note = "café ☕ ü"
+    # raw_request writes latin-1: hand it the UTF-8 bytes as latin-1 characters.
+    reply = await raw_request(gw.url, "/api/echo/x",
+                              [("X-Note", note.encode("utf-8").decode("latin-1"))])
+    assert reply.status == 200
+    # The reference backend (Starlette) reads header bytes as latin-1: compare bytes.
+    seen = values(echoed(reply.json()), "x-note")
+    assert [v.encode("latin-1") for v in seen] == [note.encode("utf-8")]
+
+
+async def test_non_utf8_header_bytes_are_refused_not_altered(gw: RunningGateway) -> None:
+    parts = urlsplit(gw.url)
+    assert parts.hostname is not None and parts.port is not None
+    reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+    writer.write(b"GET /api/echo/x HTTP/1.1\r\nHost: gw\r\nX-Name: J\xf6rg\r\n"
+                 b"Connection: close\r\n\r\n")
+    raw = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400"), head
+    assert json.loads(body)["error"] == "invalid_header"
+
+
+def _odd_user_backend(user_id: str) -> Any:
+    """An auth backend whose /auth/me accepts any token, for a user with this id."""
+    body = json.dumps({"success": True, "data": {"id": user_id, "roles": []}}).encode()
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": body})
+
+    return app
+
+
+@pytest.mark.parametrize(("user_id", "header"), [
+    ("1\r\nx-injected: yes", "1%0D%0Ax-injected: yes"),
+    ("jürgen", "jürgen"),
+    ("50%", "50%25"),
+])
+async def test_backend_chosen_user_ids_cannot_break_header_lines(
+        make_gateway: MakeGateway, backend: Backend, user_id: str, header: str) -> None:
+    with ServerThread(_odd_user_backend(user_id)) as auth:
+        gateway = make_gateway(f'[auth]\nurl = "{auth.url}"\n')
+        async with httpx.AsyncClient(base_url=gateway.url, timeout=10) as client:
+            reply = await client.get("/api/echo/x", headers={"authorization": "Bearer t0ken"})
+    assert reply.status_code == 200, reply.text
+    seen = echoed(reply.json())
+    assert [v.encode("latin-1") for v in values(seen, "x-auth-user-id")] == [header.encode()]
+    assert values(seen, "x-injected") == []
