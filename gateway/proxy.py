@@ -28,6 +28,10 @@ HOP_BY_HOP = frozenset({
 })
 _FORWARDED = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host",
                         b"forwarded"})
+# Other client-addressing headers proxies set: passed on only from a trusted peer.
+_PROXY_SET = frozenset({b"x-real-ip", b"x-forwarded-port", b"x-forwarded-prefix",
+                        b"x-forwarded-server", b"x-forwarded-ssl", b"x-client-ip",
+                        b"true-client-ip"})
 # Upstream headers the serving ASGI server writes itself (nginx drops them the same way).
 _SERVER_OWNED = frozenset({b"server", b"date"})
 # Request headers the gateway always sets itself (Authorization only for a valid session).
@@ -50,6 +54,14 @@ def is_identity_header(name: bytes) -> bool:
     """Headers only the gateway may set: ``x-auth-*`` and ``x-refreshed-token``, any spelling."""
     name = name.lower().replace(b"_", b"-")
     return name.startswith(b"x-auth-") or name == b"x-refreshed-token"
+
+
+def _underscored_spoof(name: bytes) -> bool:
+    """``X_Forwarded_For`` and friends: WSGI/CGI servers read ``_`` as ``-`` (both become
+    ``HTTP_X_FORWARDED_FOR``), so such a spelling would pass a client's own value as the
+    proxy's. Never forwarded, from any peer."""
+    folded = name.replace(b"_", b"-")
+    return folded in _FORWARDED or folded in _PROXY_SET or folded in _GATEWAY_OWNED
 
 
 def _connection_listed(headers: Iterable[tuple[bytes, bytes]]) -> set[bytes]:
@@ -94,7 +106,8 @@ def upstream_request_headers(
 
     Drops hop-by-hop headers and any named in ``Connection``, ``Host`` (the upstream's own is
     used), ``Authorization`` and the identity headers (only the gateway sets those, from its own
-    validation), and ``X-Forwarded-*`` unless the peer is trusted; then (re)builds
+    validation), ``X-Forwarded-*``, ``X-Real-IP`` and the like unless the peer is trusted
+    (``_`` spellings of them from anyone); then (re)builds
     ``X-Forwarded-For/-Proto/-Host`` and ``x-request-id``.
     """
     raw: list[tuple[bytes, bytes]] = scope["headers"]
@@ -111,6 +124,12 @@ def upstream_request_headers(
             host = value
             continue
         if name in HOP_BY_HOP or name in listed or name in _GATEWAY_OWNED:
+            continue
+        if b"_" in name and _underscored_spoof(name):
+            continue
+        if name in _PROXY_SET:
+            if peer_trusted:
+                kept.append((name, value))
             continue
         if name in _FORWARDED:
             if peer_trusted:

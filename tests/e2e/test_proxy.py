@@ -326,12 +326,24 @@ async def test_forwarded_headers_from_untrusted_peer_are_rebuilt(gw: RunningGate
         ("X-Forwarded-Proto", "https"),
         ("X-Forwarded-Host", "evil.example"),
         ("Forwarded", "for=6.6.6.6;proto=https"),
+        # WSGI/CGI servers read "_" as "-": these would pass as the proxy's own headers.
+        ("X_Forwarded_For", "6.6.6.6"),
+        ("X_Forwarded_Host", "evil.example"),
+        ("x_request_id", "spoofed"),
+        # Other addressing headers proxies set.
+        ("X-Real-IP", "6.6.6.6"),
+        ("X-Forwarded-Port", "443"),
+        ("X-Forwarded-Prefix", "/admin"),
+        ("True-Client-IP", "6.6.6.6"),
     ])
     seen = echoed(response.json())
     assert values(seen, "x-forwarded-for") == ["127.0.0.1"]
     assert values(seen, "x-forwarded-proto") == ["http"]
     assert values(seen, "x-forwarded-host") == [netloc]
     assert values(seen, "forwarded") == []
+    for name in ("x_forwarded_for", "x_forwarded_host", "x_request_id", "x-real-ip",
+                 "x-forwarded-port", "x-forwarded-prefix", "true-client-ip"):
+        assert values(seen, name) == [], name
 
 
 async def test_forwarded_headers_without_client_values(gw: RunningGateway) -> None:
@@ -351,8 +363,12 @@ async def test_forwarded_chain_kept_from_trusted_peer(make_gateway: MakeGateway)
         ("X-Forwarded-For", "6.6.6.6, 10.0.0.1"),
         ("X-Forwarded-Proto", "https"),
         ("X-Forwarded-Host", "app.example.com"),
+        ("X-Real-IP", "6.6.6.6"),
+        ("X_Forwarded_For", "9.9.9.9"),
     ])
     seen = echoed(response.json())
+    assert values(seen, "x-real-ip") == ["6.6.6.6"]  # a trusted proxy's word
+    assert values(seen, "x_forwarded_for") == []  # no peer may use the "_" spelling
     assert values(seen, "x-forwarded-for") == ["6.6.6.6, 10.0.0.1, 127.0.0.1"]
     assert values(seen, "x-forwarded-proto") == ["https"]
     assert values(seen, "x-forwarded-host") == ["app.example.com"]
