@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 
 class Metrics:
-    content_type = CONTENT_TYPE_LATEST
+    # The classic text format every Prometheus (and most scrapers) reads; our metric and label
+    # names are plain, so the body is the same in 0.0.4 and prometheus_client's newer 1.0.0.
+    content_type = "text/plain; version=0.0.4; charset=utf-8"
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)

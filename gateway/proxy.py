@@ -36,9 +36,11 @@ _PROXY_SET = frozenset({b"x-real-ip", b"x-forwarded-port", b"x-forwarded-prefix"
 _SERVER_OWNED = frozenset({b"server", b"date"})
 # Request headers the gateway always sets itself (Authorization only for a valid session).
 _GATEWAY_OWNED = frozenset({b"x-request-id", b"authorization"})
-_SMALL_BODY = 256 * 1024
-_REWRITE_LIMIT = 1024 * 1024
 _CHUNK = 64 * 1024
+# A body announced at no more than one chunk is read in one go (what streaming it would
+# read anyway) and sent with its headers; anything larger streams.
+_SMALL_BODY = _CHUNK
+_REWRITE_LIMIT = 1024 * 1024
 _UNSAFE_QUERY_BYTE = re.compile(rb"[^\x21-\x7e]")
 
 

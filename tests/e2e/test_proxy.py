@@ -426,7 +426,11 @@ async def test_compressed_body_passed_through_undecoded(gw: RunningGateway) -> N
         assert int(response.headers["content-length"]) == len(raw)
 
 
-async def test_no_cookie_jar_between_clients(gw: RunningGateway) -> None:
+async def test_no_cookie_jar_between_clients(make_gateway: MakeGateway, backend: Backend
+                                            ) -> None:
+    # Upstream by host name: aiohttp's default jar ignores cookies from IP-address hosts, so
+    # against 127.0.0.1 this test could not fail.
+    gw = make_gateway(PUBLIC, upstream=backend.url.replace("127.0.0.1", "localhost"))
     async with gw.client() as client_a:
         set_reply = await client_a.get("/test/set-cookie?name=sid&value=A")
         assert set_reply.headers.get_list("set-cookie") == ["sid=A; Path=/"]
@@ -802,3 +806,131 @@ async def test_backend_chosen_user_ids_cannot_break_header_lines(
     seen = echoed(reply.json())
     assert [v.encode("latin-1") for v in values(seen, "x-auth-user-id")] == [header.encode()]
     assert values(seen, "x-injected") == []
+
+
+# -- streaming, shown by order of events rather than by memory ----------------------------------
+
+
+class _Handshake:
+    """Thread-safe flags shared by a test (asyncio) and an upstream app (ServerThread)."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.upstream_got_first = threading.Event()
+        self.client_got_first = threading.Event()
+
+
+def _streaming_upstream(flags: _Handshake) -> Any:
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        if scope["path"] == "/upload":
+            total = 0
+            while True:
+                message = await receive()
+                total += len(message.get("body", b""))
+                if total:
+                    flags.upstream_got_first.set()
+                if not message.get("more_body"):
+                    break
+            body = json.dumps({"received": total}).encode()
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-type", b"application/json")]})
+            await send({"type": "http.response.body", "body": body})
+            return
+        # /download: the first chunk, then the rest only once the client has the first.
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/octet-stream")]})
+        await send({"type": "http.response.body", "body": b"a" * 1000, "more_body": True})
+        for _ in range(3000):  # 30 s: longer than the test waits for the first bytes
+            if flags.client_got_first.is_set():
+                break
+            await asyncio.sleep(0.01)
+        await send({"type": "http.response.body", "body": b"b" * 1000})
+
+    return app
+
+
+async def _wait(flag: Any, seconds: float = 10) -> bool:
+    for _ in range(int(seconds * 100)):
+        if flag.is_set():
+            return True
+        await asyncio.sleep(0.01)
+    return False
+
+
+async def test_request_body_streams_to_the_upstream(make_gateway: MakeGateway) -> None:
+    """The upstream has the first chunk while the client is still holding back the last:
+    a gateway that collected the body first would never let it."""
+    flags = _Handshake()
+    with ServerThread(_streaming_upstream(flags)) as upstream:
+        gateway = make_gateway('[[routes]]\nmatch = "/**"\naccess = "public"\n',
+                               upstream=upstream.url)
+        seen_before_last: list[bool] = []
+
+        async def body() -> AsyncIterator[bytes]:
+            yield b"x" * 65536
+            seen_before_last.append(await _wait(flags.upstream_got_first))
+            yield b"y" * 10
+
+        async with gateway.client() as client:
+            reply = await client.post("/upload", content=body())
+    assert reply.status_code == 200
+    assert reply.json() == {"received": 65546}
+    assert seen_before_last == [True]
+
+
+async def test_response_body_streams_to_the_client(make_gateway: MakeGateway) -> None:
+    """The client has the first bytes while the upstream is still holding back the rest."""
+    flags = _Handshake()
+    with ServerThread(_streaming_upstream(flags)) as upstream:
+        gateway = make_gateway('[[routes]]\nmatch = "/**"\naccess = "public"\n',
+                               upstream=upstream.url)
+        async with gateway.client() as client, client.stream("GET", "/download") as reply:
+            chunks = reply.aiter_raw()
+            first = await asyncio.wait_for(chunks.__anext__(), 10)
+            flags.client_got_first.set()
+            rest = b"".join([chunk async for chunk in chunks])
+    assert first.startswith(b"a") and b"b" not in first
+    assert first + rest == b"a" * 1000 + b"b" * 1000
+
+
+# -- the gateway's own endpoints ------------------------------------------------------------------
+
+
+async def test_metrics_count_what_was_served(make_gateway: MakeGateway, backend: Backend
+                                             ) -> None:
+    gateway = make_gateway(PUBLIC)
+    async with gateway.client() as client:
+        assert (await client.get("/api/echo/one")).status_code == 200
+        assert (await client.get("/test/status/418")).status_code == 418
+        assert (await client.get("/api/private", headers={"accept": "application/json"})
+                ).status_code == 401
+        metrics = await client.get("/__gateway/metrics")
+        head = await client.head("/__gateway/metrics")
+    assert metrics.status_code == 200
+    assert metrics.headers["content-type"].startswith("text/plain; version=0.0.4")
+    samples = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+               for line in metrics.text.splitlines() if line and not line.startswith("#")}
+    assert samples['gateway_http_responses_total{code="200"}'] == 1
+    assert samples['gateway_http_responses_total{code="418"}'] == 1
+    assert samples['gateway_http_responses_total{code="401"}'] == 1
+    assert samples['gateway_auth_events_total{event="auth.denied",outcome="unauthenticated"}'] == 1
+    assert head.status_code == 200 and head.content == b""
+
+
+async def test_ready_follows_the_auth_backend(make_gateway: MakeGateway, backend: Backend
+                                              ) -> None:
+    up = make_gateway(PUBLIC)
+    down = make_gateway(PUBLIC + f'\n[auth]\nurl = "http://127.0.0.1:{free_port()}"\n')
+    async with up.client() as client:
+        ready = await client.get("/__gateway/ready")
+    async with down.client() as client:
+        not_ready = await client.get("/__gateway/ready")
+        health = await client.get("/__gateway/health")
+    assert ready.status_code == 200
+    assert ready.json() == {"status": "ready", "checks": {"auth": "ok", "state": "ok"}}
+    assert not_ready.status_code == 503
+    assert not_ready.json()["checks"]["auth"] == "unavailable"
+    assert health.status_code == 200 and health.json() == {"status": "ok"}
