@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import re
+import zlib
 from collections.abc import AsyncIterator, Callable, Iterable
 from urllib.parse import urlsplit
 
@@ -380,9 +381,18 @@ class Upstream:
             await send_error(send, 502, "upstream_error",
                              "The upstream response was cut short.", own)
             return
-        added, payload = rewrite(response.status, bytes(buffer))
-        headers = [(k, v) for k, v in response_headers(response.raw_headers)
-                   if k != b"content-length"]
+        raw = bytes(buffer)
+        encoding = response.headers.get("content-encoding", "identity").strip().lower()
+        decoded = raw if encoding == "identity" else _decompressed(raw, encoding)
+        added, payload = rewrite(response.status, decoded) if decoded is not None else ([], raw)
+        upstream_headers = response_headers(response.raw_headers)
+        if not added:  # not a login reply with tokens: the upstream's bytes, untouched
+            await send({"type": "http.response.start", "status": response.status,
+                        "headers": [*upstream_headers, *own]})
+            await send({"type": "http.response.body", "body": raw})
+            return
+        headers = [(k, v) for k, v in upstream_headers
+                   if k not in (b"content-length", b"content-encoding")]
         headers.append((b"content-length", str(len(payload)).encode("latin-1")))
         headers.extend(own)
         headers.extend(added)
@@ -405,13 +415,29 @@ class Upstream:
         await send({"type": "http.response.body", "body": b""})
 
 
+# zlib wbits: gzip only, or zlib-wrapped deflate ("deflate" as most servers send it).
+_DECODERS = {"gzip": 31, "x-gzip": 31, "deflate": 15}
+
+
 def _rewritable(response: aiohttp.ClientResponse) -> bool:
+    """Small enough to hold, and in an encoding the gateway can read. The content type is not
+    trusted: a login reply labelled text/plain still carries tokens to keep from scripts."""
     length = response.content_length
-    encoding = response.headers.get("content-encoding", "identity").lower()
-    return (
-        (length is None or length <= _REWRITE_LIMIT) and encoding == "identity"
-        and "json" in response.headers.get("content-type", "").lower()
-    )
+    encoding = response.headers.get("content-encoding", "identity").strip().lower()
+    return (length is None or length <= _REWRITE_LIMIT) and (
+        encoding == "identity" or encoding in _DECODERS)
+
+
+def _decompressed(raw: bytes, encoding: str) -> bytes | None:
+    """The decoded body, at most ``_REWRITE_LIMIT`` bytes (no zip bombs), else None."""
+    try:
+        decoder = zlib.decompressobj(_DECODERS[encoding])
+        out = decoder.decompress(raw, _REWRITE_LIMIT)
+    except (KeyError, zlib.error):
+        return None
+    if decoder.unconsumed_tail or not decoder.eof:
+        return None
+    return out
 
 
 def header_strings(headers: Headers) -> CIMultiDict[str]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import zlib
 from dataclasses import dataclass
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any
@@ -326,7 +327,7 @@ async def test_logout_ends_the_rotation_grace_of_the_session(
     """A refresh leaves "old credential -> new tokens" in the grace cache. Logging out with the
     new tokens must forget that too: otherwise, for grace_s after the logout, whoever presents
     the pre-rotation credential is forwarded as the user (without any backend check) and gets
-    the revoked session's tokens set as cookies again. KNOWN BUG (see the report)."""
+    the revoked session's tokens set as cookies again."""
     gw = start(flavour.preset)
     old_access = mint(backend, "access", -60)
     old_refresh = mint(backend, "refresh") if flavour is DJANGO else None
@@ -357,8 +358,10 @@ LOGIN_REPLY = json.dumps({"success": True, "data": {
 
 async def _login_upstream(scope: dict[str, Any], receive: Any, send: Any) -> None:
     """An upstream whose login reply is gzipped when the client accepts it (Django's
-    GZipMiddleware compresses anything over 200 bytes; Express ``compression()`` likewise), or
-    streamed without Content-Length (``/chunked/login``)."""
+    GZipMiddleware compresses anything over 200 bytes; Express ``compression()`` likewise),
+    streamed without Content-Length (``/chunked/login``), compressed whatever it was asked
+    (``/always-gzip/login``, ``/always-deflate/login``), or JSON labelled ``text/plain``
+    (``/text/login``)."""
     if scope["type"] == "lifespan":
         while (await receive())["type"] != "lifespan.shutdown":
             await send({"type": "lifespan.startup.complete"})
@@ -374,9 +377,14 @@ async def _login_upstream(scope: dict[str, Any], receive: Any, send: Any) -> Non
         await send({"type": "http.response.body", "body": LOGIN_REPLY[25:]})
         return
     body, headers = LOGIN_REPLY, [json_type]
-    if b"gzip" in accepts:
+    if scope["path"] == "/text/login":
+        headers = [(b"content-type", b"text/plain; charset=utf-8")]
+    if b"gzip" in accepts or scope["path"] == "/always-gzip/login":
         body = gzip.compress(LOGIN_REPLY)
         headers.append((b"content-encoding", b"gzip"))
+    elif scope["path"] == "/always-deflate/login":
+        body = zlib.compress(LOGIN_REPLY)
+        headers.append((b"content-encoding", b"deflate"))
     headers.append((b"content-length", str(len(body)).encode()))
     await send({"type": "http.response.start", "status": 200, "headers": headers})
     await send({"type": "http.response.body", "body": body})
@@ -386,12 +394,15 @@ async def _login_upstream(scope: dict[str, Any], receive: Any, send: Any) -> Non
     ("/auth/login", "identity"),
     ("/auth/login", "gzip, deflate, br"),  # what every browser sends
     ("/chunked/login", "identity"),
-], ids=["plain", "gzip", "chunked"])
+    ("/always-gzip/login", "identity"),  # the gateway asks for identity; not all obey
+    ("/always-deflate/login", "identity"),
+    ("/text/login", "identity"),
+], ids=["plain", "gzip", "chunked", "gzip-anyway", "deflate-anyway", "text-plain"])
 async def test_login_capture_whatever_the_reply_encoding(
         make_gateway: MakeGateway, path: str, accept_encoding: str) -> None:
-    """§3.6: a 2xx JSON reply carrying the tokens puts them in cookies and strips them. With
-    a compressed or chunked reply the gateway currently passes it through untouched: no
-    cookies and the raw tokens exposed to page scripts. KNOWN BUG for gzip and chunked."""
+    """§3.6: a 2xx JSON reply carrying the tokens puts them in cookies and strips them,
+    however the upstream encoded or labelled it: a reply passed through would expose the raw
+    tokens to page scripts."""
     with serving(_login_upstream) as upstream:
         gw = make_gateway(f'[auth.login]\npath = "{path}"\n[cookies]\nsecure = false\n',
                           upstream=upstream.url)
@@ -403,3 +414,18 @@ async def test_login_capture_whatever_the_reply_encoding(
     assert cookie_value(cookies[ACCESS]) == "header.payload.signature"
     assert "payload" not in reply.text, reply.text
     assert reply.json() == {"success": True, "data": {"user": {"id": 1}}}
+    assert "content-encoding" not in reply.headers
+
+
+async def test_login_reply_without_tokens_passes_through_byte_for_byte(
+        make_gateway: MakeGateway) -> None:
+    """A compressed login reply that carries no tokens (a 401, say) is the upstream's own."""
+    with serving(_login_upstream) as upstream:
+        gw = make_gateway('[auth.login]\npath = "/always-gzip/login"\naccess_path = "nope"\n'
+                          '[cookies]\nsecure = false\n', upstream=upstream.url)
+        async with httpx.AsyncClient(base_url=gw.url) as c, \
+                c.stream("POST", "/always-gzip/login", json=DEMO) as reply:
+            raw = b"".join([chunk async for chunk in reply.aiter_raw()])
+    assert reply.headers["content-encoding"] == "gzip"
+    assert gzip.decompress(raw) == LOGIN_REPLY
+    assert reply.headers.get_list("set-cookie") == []
