@@ -25,7 +25,7 @@ from cachetools import TTLCache
 from gateway.authclient import AuthClient, BackendUnavailable, dig
 from gateway.settings import Settings, SettingsError
 from gateway.state import Store
-from gateway.tokens import jwt_claims, token_key
+from gateway.tokens import is_token, jwt_claims, token_key
 from gateway.validation import GUEST_MARK, Identity
 
 MIN_SECRET_BYTES = 32
@@ -143,8 +143,9 @@ class GuestIssuer:
             body = {"username": self._settings.username, "password": self._password}
         reply = await self._client.call("POST", self._settings.path, json_body=body)
         token = dig(reply.body, self._settings.token_path) if reply.ok else None
-        if not isinstance(token, str) or not token:
-            raise BackendUnavailable("backend_error", f"guest endpoint answered {reply.status}")
+        if not is_token(token):
+            raise BackendUnavailable("backend_error", f"guest endpoint answered {reply.status}"
+                                     + (" without a usable token" if reply.ok else ""))
         claims = jwt_claims(token) or {}
         sub = claims.get("sub")
         guest_id = sub if isinstance(sub, str) and sub else f"guest:{uuid.uuid4()}"

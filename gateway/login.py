@@ -20,7 +20,7 @@ from gateway.responses import send_empty, send_redirect
 from gateway.routes import is_browser_navigation
 from gateway.session import RequestInfo
 from gateway.settings import Settings
-from gateway.tokens import MalformedToken, find_token, request_cookies
+from gateway.tokens import MalformedToken, find_token, is_token, request_cookies
 from gateway.types import Headers, Send
 from gateway.validation import Validator
 
@@ -57,6 +57,11 @@ class LoginCapture:
                 return [], body
             refresh = (dig(document, self._settings.refresh_path)
                        if self._settings.refresh_path else None)
+            if not is_token(access) or (refresh and not is_token(refresh)):
+                # "a; Domain=evil" would add cookie attributes: no cookie from such a value.
+                self._audit.emit("auth.login", **info.fields(), outcome="refused",
+                                 reason="unusable_token")
+                return [], body
             added = [self._cookies.set("access", access)]
             if isinstance(refresh, str) and refresh:
                 added.append(self._cookies.set("refresh", refresh))

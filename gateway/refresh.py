@@ -23,7 +23,7 @@ from gateway.authclient import AuthClient, AuthReply, BackendUnavailable, dig
 from gateway.settings import Settings
 from gateway.singleflight import SharedFlight
 from gateway.state import Store
-from gateway.tokens import FoundToken, jwt_exp, token_key
+from gateway.tokens import FoundToken, is_token, jwt_exp, token_key
 from gateway.validation import Identity, Validator
 
 REJECTED_STATUSES = frozenset({400, 401, 403})
@@ -134,8 +134,8 @@ class Refresher:
         access = dig(reply.body, self._settings.access_path)
         rotated = dig(reply.body, self._settings.refresh_path) if self._settings.refresh_path \
             else None
-        if not isinstance(access, str) or not access:
-            raise BackendUnavailable("backend_error", "refresh reply has no access token")
+        if not is_token(access) or (rotated and not is_token(rotated)):
+            raise BackendUnavailable("backend_error", "refresh reply has no usable token")
         # The backend has rotated (and may have blacklisted) the old credential: from here on
         # the new tokens must reach the client and the grace entry whatever happens, or a
         # blip on the validate endpoint would log the user out.

@@ -9,7 +9,7 @@ import json
 import math
 import re
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeGuard
 
 from gateway.settings import CookieSettings
 from gateway.types import Headers
@@ -40,8 +40,15 @@ def token_key(token: str) -> bytes:
     return hashlib.sha256(token.encode("ascii")).digest()
 
 
+def is_token(value: object) -> TypeGuard[str]:
+    """Whether ``value`` is a token the gateway can carry: in a cookie (no ``;``, ``,``,
+    spaces, quotes) and in ``Authorization``, and accept back on the next request."""
+    return (isinstance(value, str) and 0 < len(value) <= MAX_TOKEN_LENGTH
+            and _TOKEN.fullmatch(value) is not None)
+
+
 def _check(token: str) -> str:
-    if not token or len(token) > MAX_TOKEN_LENGTH or not _TOKEN.fullmatch(token):
+    if not is_token(token):
         raise MalformedToken("token has an invalid shape")
     return token
 
