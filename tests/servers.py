@@ -118,6 +118,21 @@ class ServerProcess:
         return self.text()
 
 
+def fixed_reply_app(body: bytes, status: int = 200,
+                    content_type: bytes = b"application/json") -> Any:
+    """An ASGI app that answers every HTTP request with the same reply (a stand-in upstream
+    or auth backend with one behaviour)."""
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", content_type)]})
+        await send({"type": "http.response.body", "body": body})
+
+    return app
+
+
 def python_module(*args: str) -> list[str]:
     return [sys.executable, "-m", *args]
 

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from tests.conftest import Backend, MakeGateway, RunningGateway, StartGateway
-from tests.servers import serving
+from tests.servers import fixed_reply_app, serving
 
 ACCESS, REFRESH, GUEST = "userToken", "refreshToken", "guestToken"
 DEMO = {"email": "demo@example.com", "password": "demo-password"}
@@ -417,17 +417,6 @@ async def test_login_capture_whatever_the_reply_encoding(
     assert "content-encoding" not in reply.headers
 
 
-def _reply_upstream(reply: bytes) -> Any:
-    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            return
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"application/json")]})
-        await send({"type": "http.response.body", "body": reply})
-
-    return app
-
-
 @pytest.mark.parametrize("access", [
     "aaa; Domain=evil.test", "aaa, other=1", "t\u00f6ken", "a b", "x" * 9000,
 ], ids=["attribute-injection", "comma", "non-ascii", "space", "too-long"])
@@ -436,7 +425,7 @@ async def test_login_reply_with_an_unusable_token_sets_no_cookie(
     """A token value goes into Set-Cookie as is: one with ';' would add attributes (a
     Domain of the attacker's choosing), one with non-ASCII used to be a 500."""
     body = json.dumps({"data": {"accessToken": access, "refreshToken": "r.e.f"}}).encode()
-    with serving(_reply_upstream(body)) as upstream:
+    with serving(fixed_reply_app(body)) as upstream:
         gw = make_gateway('[auth.login]\npath = "/auth/login"\n[cookies]\nsecure = false\n',
                           upstream=upstream.url)
         async with client(gw) as c:

@@ -24,7 +24,13 @@ import pytest
 from gateway.app import create_app
 from gateway.settings import settings_from_mapping
 from tests.conftest import Backend, MakeGateway, RunningGateway
-from tests.servers import ServerProcess, ServerThread, free_port, python_module
+from tests.servers import (
+    ServerProcess,
+    ServerThread,
+    fixed_reply_app,
+    free_port,
+    python_module,
+)
 
 PUBLIC = """
 [[routes]]
@@ -777,20 +783,6 @@ async def test_non_utf8_header_bytes_are_refused_not_altered(gw: RunningGateway)
     assert json.loads(body)["error"] == "invalid_header"
 
 
-def _odd_user_backend(user_id: str) -> Any:
-    """An auth backend whose /auth/me accepts any token, for a user with this id."""
-    body = json.dumps({"success": True, "data": {"id": user_id, "roles": []}}).encode()
-
-    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            return
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"application/json")]})
-        await send({"type": "http.response.body", "body": body})
-
-    return app
-
-
 @pytest.mark.parametrize(("user_id", "header"), [
     ("1\r\nx-injected: yes", "1%0D%0Ax-injected: yes"),
     ("jürgen", "jürgen"),
@@ -798,7 +790,9 @@ def _odd_user_backend(user_id: str) -> Any:
 ])
 async def test_backend_chosen_user_ids_cannot_break_header_lines(
         make_gateway: MakeGateway, backend: Backend, user_id: str, header: str) -> None:
-    with ServerThread(_odd_user_backend(user_id)) as auth:
+    # An auth backend whose /auth/me accepts any token, for a user with this id.
+    me = json.dumps({"success": True, "data": {"id": user_id, "roles": []}}).encode()
+    with ServerThread(fixed_reply_app(me)) as auth:
         gateway = make_gateway(f'[auth]\nurl = "{auth.url}"\n')
         async with httpx.AsyncClient(base_url=gateway.url, timeout=10) as client:
             reply = await client.get("/api/echo/x", headers={"authorization": "Bearer t0ken"})
