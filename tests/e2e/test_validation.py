@@ -242,6 +242,53 @@ async def test_concurrent_requests_merge_even_without_cache(
     assert gateway.app.validator.cache_size == 0
 
 
+async def test_leader_that_goes_away_does_not_strand_its_followers(
+    make_gateway: MakeGateway, backend: Backend
+) -> None:
+    """The client whose request started the validation hangs up mid-call; the 20 requests
+    that merged into it still get their answer from that one backend call."""
+    gateway = make_gateway(ROUTES)
+    token = backend.token(1)
+    backend.fault("me", 0, count=1, delay_s=0.8)
+    before = me_calls(backend)
+    parts = urlsplit(gateway.url)
+    assert parts.hostname is not None and parts.port is not None
+    _reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+    writer.write(f"GET /api/items HTTP/1.1\r\nhost: gw\r\nauthorization: Bearer {token}"
+                 "\r\n\r\n".encode())
+    await writer.drain()
+    await asyncio.sleep(0.2)  # the leader's validation is under way at the backend
+    limits = httpx.Limits(max_connections=20, max_keepalive_connections=20)
+    async with gateway.client(limits=limits, timeout=20) as client:
+        followers = [asyncio.ensure_future(client.get("/api/items", headers=bearer(token)))
+                     for _ in range(20)]
+        await asyncio.sleep(0.2)
+        writer.transport.abort()  # the leader's client goes away
+        replies = await asyncio.gather(*followers)
+    assert [r.status_code for r in replies] == [200] * 20
+    assert me_calls(backend) - before == 1
+
+
+async def test_concurrent_requests_during_an_outage_share_one_round_of_retries(
+    make_gateway: MakeGateway, backend: Backend
+) -> None:
+    gateway = make_gateway(routes_with("retries = 2"))
+    token = backend.token(1)
+    backend.fault("me", 503, count=-1, delay_s=0.3)  # the flight lasts about a second
+    try:
+        before = me_calls(backend)
+        limits = httpx.Limits(max_connections=50, max_keepalive_connections=50)
+        async with gateway.client(limits=limits, timeout=20) as client:
+            replies = await asyncio.gather(*(
+                client.get("/api/items", headers={**bearer(token), **XHR}) for _ in range(50)))
+        calls = me_calls(backend) - before
+    finally:
+        backend.reset()
+    assert [r.status_code for r in replies] == [503] * 50
+    assert all(r.headers.get("retry-after") for r in replies)
+    assert calls == 3  # one try and two retries, shared by all 50
+
+
 def test_cache_ttl_and_one_call_per_token(make_gateway: MakeGateway, backend: Backend) -> None:
     gateway = make_gateway(routes_with("cache_ttl_s = 0.5"))
     first, second = backend.token(1), backend.token(2)
