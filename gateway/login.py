@@ -50,7 +50,7 @@ class LoginCapture:
                 return [], body
             try:
                 document = json.loads(body)
-            except ValueError:
+            except (ValueError, RecursionError):  # not JSON, or nested deeper than parsable
                 return [], body
             access = dig(document, self._settings.access_path)
             if not isinstance(access, str) or not access:

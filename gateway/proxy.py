@@ -263,10 +263,11 @@ class Upstream:
     ) -> None:
         """Send the request upstream and stream the answer back to the client.
 
-        ``rewrite`` (for the small JSON replies of login capture) gets a whole uncompressed
-        JSON body of at most 1 MiB, with or without Content-Length, and returns the headers to
-        add and the body to send instead; larger, compressed or non-JSON replies pass through
-        unchanged."""
+        ``rewrite`` (for the small JSON replies of login capture) gets the whole reply body,
+        with or without Content-Length and whatever its content type, decoded from gzip or
+        deflate, if it is at most 1 MiB both as sent and decoded; it returns the headers to add
+        and the body to send instead (then sent uncompressed). Larger or undecodable replies,
+        and replies it leaves alone, pass through unchanged."""
         assert self._session is not None and self._slots is not None
         head = scope["method"] == "HEAD"
         own = [*extra_response_headers]
@@ -429,15 +430,37 @@ def _rewritable(response: aiohttp.ClientResponse) -> bool:
 
 
 def _decompressed(raw: bytes, encoding: str) -> bytes | None:
-    """The decoded body, at most ``_REWRITE_LIMIT`` bytes (no zip bombs), else None."""
-    try:
-        decoder = zlib.decompressobj(_DECODERS[encoding])
-        out = decoder.decompress(raw, _REWRITE_LIMIT)
-    except (KeyError, zlib.error):
+    """The whole decoded body if it is at most ``_REWRITE_LIMIT`` bytes (no zip bombs), else
+    None. "deflate" is read with its zlib wrapper or, as some servers send it, without."""
+    wbits = _DECODERS.get(encoding)
+    if wbits is None:
         return None
-    if decoder.unconsumed_tail or not decoder.eof:
-        return None
+    out = _inflate(raw, wbits)
+    if out is None and wbits == 15:
+        out = _inflate(raw, -15)
     return out
+
+
+def _inflate(raw: bytes, wbits: int) -> bytes | None:
+    """Every gzip member (a gzip body may hold several) or the one deflate stream, never
+    more than ``_REWRITE_LIMIT`` bytes of output; None if truncated, too big or trailed by
+    anything else."""
+    out = bytearray()
+    rest = raw
+    while True:
+        decoder = zlib.decompressobj(wbits)
+        try:
+            # max_length 0 would mean no limit: the room left is always at least 1 here.
+            out += decoder.decompress(rest, _REWRITE_LIMIT + 1 - len(out))
+        except zlib.error:
+            return None
+        if len(out) > _REWRITE_LIMIT or not decoder.eof:
+            return None
+        rest = decoder.unused_data
+        if not rest:
+            return bytes(out)
+        if wbits != 31:
+            return None
 
 
 def header_strings(headers: Headers) -> CIMultiDict[str]:

@@ -3,10 +3,12 @@ from the bundled presets, in front of the reference backend."""
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import json
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any
@@ -356,12 +358,45 @@ LOGIN_REPLY = json.dumps({"success": True, "data": {
     "user": {"id": 1}}}).encode()
 
 
+def _raw_deflate(data: bytes) -> bytes:
+    """Deflate without the zlib wrapper, as some servers send ``Content-Encoding: deflate``."""
+    compressor = zlib.compressobj(wbits=-15)
+    return compressor.compress(data) + compressor.flush()
+
+
+def _gzip(data: bytes) -> bytes:
+    return gzip.compress(data, mtime=0)  # the same bytes every time
+
+
+def _bomb() -> bytes:
+    """JSON carrying the tokens, 64 MiB once decoded but some 64 KiB gzipped: a zip bomb."""
+    return _gzip(LOGIN_REPLY[:-1] + b" " * (64 * 1024 * 1024) + b"}")
+
+
+# Whatever it is asked, the upstream sends these (body, content-encoding) on these paths.
+_ENCODED: dict[str, tuple[Callable[[], bytes], bytes]] = {
+    "/always-gzip/login": (lambda: _gzip(LOGIN_REPLY), b"gzip"),
+    "/always-deflate/login": (lambda: zlib.compress(LOGIN_REPLY), b"deflate"),
+    "/raw-deflate/login": (lambda: _raw_deflate(LOGIN_REPLY), b"deflate"),
+    "/two-members/login": (lambda: _gzip(LOGIN_REPLY[:30]) + _gzip(LOGIN_REPLY[30:]),
+                           b"gzip"),
+    "/bomb/login": (_bomb, b"gzip"),
+    "/truncated/login": (lambda: _gzip(LOGIN_REPLY)[:-8], b"gzip"),
+    "/trailing-junk/login": (lambda: zlib.compress(LOGIN_REPLY) + b"junk", b"deflate"),
+}
+
+
+@functools.cache
+def upstream_body(path: str) -> bytes:
+    """The exact bytes ``_login_upstream`` sends on one of the ``_ENCODED`` paths."""
+    return _ENCODED[path][0]()
+
+
 async def _login_upstream(scope: dict[str, Any], receive: Any, send: Any) -> None:
     """An upstream whose login reply is gzipped when the client accepts it (Django's
     GZipMiddleware compresses anything over 200 bytes; Express ``compression()`` likewise),
     streamed without Content-Length (``/chunked/login``), compressed whatever it was asked
-    (``/always-gzip/login``, ``/always-deflate/login``), or JSON labelled ``text/plain``
-    (``/text/login``)."""
+    (the ``_ENCODED`` paths), or JSON labelled ``text/plain`` (``/text/login``)."""
     if scope["type"] == "lifespan":
         while (await receive())["type"] != "lifespan.shutdown":
             await send({"type": "lifespan.startup.complete"})
@@ -371,20 +406,21 @@ async def _login_upstream(scope: dict[str, Any], receive: Any, send: Any) -> Non
         pass
     accepts = dict(scope["headers"]).get(b"accept-encoding", b"")
     json_type = (b"content-type", b"application/json")
-    if scope["path"] == "/chunked/login":
+    path = scope["path"]
+    if path == "/chunked/login":
         await send({"type": "http.response.start", "status": 200, "headers": [json_type]})
         await send({"type": "http.response.body", "body": LOGIN_REPLY[:25], "more_body": True})
         await send({"type": "http.response.body", "body": LOGIN_REPLY[25:]})
         return
     body, headers = LOGIN_REPLY, [json_type]
-    if scope["path"] == "/text/login":
+    if path == "/text/login":
         headers = [(b"content-type", b"text/plain; charset=utf-8")]
-    if b"gzip" in accepts or scope["path"] == "/always-gzip/login":
-        body = gzip.compress(LOGIN_REPLY)
+    if path in _ENCODED:
+        body = upstream_body(path)
+        headers.append((b"content-encoding", _ENCODED[path][1]))
+    elif b"gzip" in accepts:
+        body = _gzip(LOGIN_REPLY)
         headers.append((b"content-encoding", b"gzip"))
-    elif scope["path"] == "/always-deflate/login":
-        body = zlib.compress(LOGIN_REPLY)
-        headers.append((b"content-encoding", b"deflate"))
     headers.append((b"content-length", str(len(body)).encode()))
     await send({"type": "http.response.start", "status": 200, "headers": headers})
     await send({"type": "http.response.body", "body": body})
@@ -396,8 +432,11 @@ async def _login_upstream(scope: dict[str, Any], receive: Any, send: Any) -> Non
     ("/chunked/login", "identity"),
     ("/always-gzip/login", "identity"),  # the gateway asks for identity; not all obey
     ("/always-deflate/login", "identity"),
+    ("/raw-deflate/login", "identity"),
+    ("/two-members/login", "identity"),
     ("/text/login", "identity"),
-], ids=["plain", "gzip", "chunked", "gzip-anyway", "deflate-anyway", "text-plain"])
+], ids=["plain", "gzip", "chunked", "gzip-anyway", "deflate-anyway", "raw-deflate",
+        "gzip-members", "text-plain"])
 async def test_login_capture_whatever_the_reply_encoding(
         make_gateway: MakeGateway, path: str, accept_encoding: str) -> None:
     """§3.6: a 2xx JSON reply carrying the tokens puts them in cookies and strips them,
@@ -406,15 +445,37 @@ async def test_login_capture_whatever_the_reply_encoding(
     with serving(_login_upstream) as upstream:
         gw = make_gateway(f'[auth.login]\npath = "{path}"\n[cookies]\nsecure = false\n',
                           upstream=upstream.url)
-        async with client(gw) as c:
-            reply = await c.post(path, json=DEMO, headers={"accept-encoding": accept_encoding})
+        async with httpx.AsyncClient(base_url=gw.url, timeout=20) as c, \
+                c.stream("POST", path, json=DEMO,
+                         headers={"accept-encoding": accept_encoding}) as reply:
+            raw = b"".join([chunk async for chunk in reply.aiter_raw()])
     assert reply.status_code == 200
     cookies = set_cookies(reply)
     assert ACCESS in cookies and REFRESH in cookies, reply.headers.get_list("set-cookie")
     assert cookie_value(cookies[ACCESS]) == "header.payload.signature"
-    assert "payload" not in reply.text, reply.text
-    assert reply.json() == {"success": True, "data": {"user": {"id": 1}}}
+    # What the browser gets is plain JSON, its length announced right, with no tokens in it.
     assert "content-encoding" not in reply.headers
+    assert reply.headers.get_list("content-length") == [str(len(raw))]
+    assert json.loads(raw) == {"success": True, "data": {"user": {"id": 1}}}
+
+
+@pytest.mark.parametrize("path", ["/bomb/login", "/truncated/login", "/trailing-junk/login"])
+async def test_login_reply_too_big_or_undecodable_passes_through(
+        make_gateway: MakeGateway, path: str) -> None:
+    """A compressed reply that decodes to more than the 1 MiB rewrite limit (read no further
+    than that: a zip bomb costs nothing) or does not decode cleanly is the upstream's own,
+    byte for byte: the gateway neither guesses at it nor spends unbounded memory on it."""
+    with serving(_login_upstream) as upstream:
+        gw = make_gateway(f'[auth.login]\npath = "{path}"\n[cookies]\nsecure = false\n',
+                          upstream=upstream.url)
+        async with httpx.AsyncClient(base_url=gw.url, timeout=20) as c, \
+                c.stream("POST", path, json=DEMO) as reply:
+            raw = b"".join([chunk async for chunk in reply.aiter_raw()])
+    assert reply.status_code == 200
+    assert reply.headers.get_list("set-cookie") == []
+    assert reply.headers["content-encoding"] == _ENCODED[path][1].decode()
+    assert raw == upstream_body(path)
+    assert gw.events("auth.login") == []
 
 
 @pytest.mark.parametrize("access", [
@@ -447,4 +508,19 @@ async def test_login_reply_without_tokens_passes_through_byte_for_byte(
             raw = b"".join([chunk async for chunk in reply.aiter_raw()])
     assert reply.headers["content-encoding"] == "gzip"
     assert gzip.decompress(raw) == LOGIN_REPLY
+    assert reply.headers.get_list("set-cookie") == []
+
+
+async def test_login_reply_nested_too_deep_to_parse_passes_through(
+        make_gateway: MakeGateway) -> None:
+    """A 2xx login reply nested deeper than the JSON parser goes (json.loads raises
+    RecursionError, not ValueError) is no login reply: passed on as it came, not a 500."""
+    body = b"[" * 100_000 + b"]" * 100_000
+    with serving(fixed_reply_app(body)) as upstream:
+        gw = make_gateway('[auth.login]\npath = "/auth/login"\n[cookies]\nsecure = false\n',
+                          upstream=upstream.url)
+        async with client(gw) as c:
+            reply = await c.post("/auth/login", json=DEMO)
+    assert reply.status_code == 200
+    assert reply.content == body
     assert reply.headers.get_list("set-cookie") == []
