@@ -42,8 +42,9 @@ The result is the canonical form that route globs are matched against:
 * a ``%`` that isn't followed by two hex digits;
 * a segment ``.;...`` or ``..;...``, which Java servers (Tomcat, Jetty) treat
   as a dot segment with path parameters: a known access-control bypass;
-* a ``.`` or ``..`` between encoded slashes (``..%2F``, ``x%5C..``): a hop that
-  decodes them and resolves dot segments would reach another route.
+* a ``.`` or ``..`` between encoded slashes (``..%2F``, ``x%5C..``, and the
+  Java form ``x%2F..;y``): a hop that decodes them and resolves dot segments
+  would reach another route.
 
 Globs (:func:`compile_glob`)
 ----------------------------
@@ -65,9 +66,10 @@ Routing (:class:`Router`)
 -------------------------
 The first route whose glob matches and whose methods allow the request's
 method wins; otherwise the default route (whose ``match`` is not used).  The
-folded path (lower case, ``;params`` dropped: how Express and Tomcat see it)
-is matched too, against folded globs; if it picks another route, the request
-must satisfy both (:attr:`Route.requires`), so folding only ever tightens.
+folded path (lower case, ``;params`` dropped and the slashes they leave
+merged: how Express, Tomcat and Spring see it) is matched too, against folded
+globs; if it picks another route, the request must satisfy both
+(:attr:`Route.requires`), so folding only ever tightens.
 Methods are compared case-insensitively (``get`` is treated as ``GET``, since
 a backend may fold case).  A route that lists ``GET`` also matches ``HEAD``:
 servers answer HEAD with the GET handler, so a rule protecting GET must
@@ -180,8 +182,10 @@ def _refuse_encoded_dots(segment: str) -> None:
     """``..%2Fadmin`` is one segment here, but a server or proxy that decodes ``%2F`` (or
     treats ``%5C`` as a separator) and then resolves dot segments reaches another path than
     the one the route was chosen for."""
-    if any(part in (".", "..") for part in _ENCODED_SLASH.split(segment)):
-        raise InvalidPath("dot segment hidden behind an encoded slash in path")
+    for part in _ENCODED_SLASH.split(segment):
+        # ``x%2F..;y`` too: once decoded, Tomcat reads ``..;y`` as ``..`` (see below).
+        if part in (".", "..") or _DOT_WITH_PARAMS.match(part):
+            raise InvalidPath("dot segment hidden behind an encoded slash in path")
 
 
 def normalize_path(raw_path: bytes | str) -> str:
@@ -328,14 +332,17 @@ class Route:
 _LEVEL = {"public": 0, "guest": 1}  # anything else ranks as "user" (fail closed)
 _ESCAPE = re.compile(r"%[0-9a-f]{2}")
 _PARAMS = re.compile(r";[^/]*")
+_SLASHES = re.compile(r"//+")
 
 
 def _folded(path: str) -> str:
     """The path as a case-insensitive server that ignores ``;params`` (Express, Tomcat) sees
-    it: lower case, path parameters removed, escapes kept canonical."""
+    it: lower case, path parameters removed, escapes kept canonical.  A segment that was only
+    parameters leaves an empty one, which those servers merge (``/api/;x/admin`` is
+    ``/api/admin`` to Tomcat and Spring), so repeated slashes are merged again."""
     folded = path.lower()
     if ";" in folded:
-        folded = _PARAMS.sub("", folded)
+        folded = _SLASHES.sub("/", _PARAMS.sub("", folded))
     if "%" in folded:
         folded = _ESCAPE.sub(lambda m: m.group().upper(), folded)
     return folded

@@ -58,6 +58,7 @@ NORMALIZE_CASES = [
     ("/a%2Fb", "/a%2Fb"),
     ("/a/b%2f..c", "/a/b%2F..c"),  # an encoded slash is not a separator
     ("/a/...%2Fb", "/a/...%2Fb"),
+    ("/a/x%2F...;y", "/a/x%2F...;y"),  # "...;y" is no dot segment, even to Tomcat
     ("/%7Euser", "/~user"),
     ("/%7euser", "/~user"),
     ("/%41%62%63", "/Abc"),
@@ -89,6 +90,8 @@ INVALID_PATHS = [
     # Dot segments behind an encoded slash: a decoding hop would resolve them.
     "/a/..%2f", "/a/..%2Fb/c", "/a/%2e%2e%2fb", "/a/..%5cb", "/p/.%2Fx", "/p/x%2F..",
     "/p/x%5C..%5Cy",
+    # The audited example, and the Java form of a dot segment behind encoded slashes.
+    "/api/public/..%2Fadmin%2Fstats", "/p/x%2F..;y%2F..;y%2Fadmin", "/p/x%5C.;y",
     b"",
     b"*",
     b"a/b",
@@ -697,6 +700,8 @@ EXPRESS_LIKE = Router(
 @pytest.mark.parametrize("path", [
     "/api/Admin/stats", "/API/admin/stats", "/api/ADMIN/stats", "/api/admin;x/stats",
     "/api;jsessionid=1/admin/stats", "/api/Admin;v=2/stats",
+    # A segment that is only parameters: Tomcat and Spring merge the empty segment it leaves.
+    "/api/;x/admin/stats", "/;x/api/admin/stats", "/api/;/admin/stats", "/api;a/;b/Admin/stats",
 ])
 def test_case_and_params_variants_need_the_admin_role(path: str) -> None:
     route = EXPRESS_LIKE.match("GET", normalize_path(path))
@@ -726,3 +731,29 @@ def test_folded_globs_match_upper_case_patterns() -> None:
     # /docs/a folds to the same route as its pattern folds: no second rule, still public.
     assert router.match("GET", "/docs/a").access == "user"
     assert decide(router.match("GET", "/DOCS/a"), None, ()) is Decision.UNAUTHENTICATED
+
+
+def test_a_method_limited_route_picked_by_the_folded_path_applies_to_its_methods() -> None:
+    router = Router([Route("/api/admin/**", "user", methods=("POST",), roles=("admin",)),
+                     Route("/api/**", "public")], Route("", "user"))
+    # GET is not limited: both forms pick the public route.
+    assert decide(router.match("GET", "/api/Admin/x"), None, ()) is Decision.ALLOW
+    # POST: the folded form picks the admin route, so its role applies.
+    route = router.match("POST", "/api/Admin/x")
+    assert decide(route, "user", ()) is Decision.FORBIDDEN
+    assert decide(route, "user", ("admin",)) is Decision.ALLOW
+    assert decide(route, None, ()) is Decision.UNAUTHENTICATED
+
+
+def test_every_role_requirement_of_both_routes_applies() -> None:
+    router = Router([Route("/api/x/**", "user", roles=("admin",)),
+                     Route("/api/**/stats", "user", roles=("auditor",))], Route("", "user"))
+    route = router.match("GET", "/api/X/stats")  # itself the auditor rule, folded the admin one
+    assert decide(route, "user", ("auditor",)) is Decision.FORBIDDEN
+    assert decide(route, "user", ("admin",)) is Decision.FORBIDDEN
+    assert decide(route, "user", ("admin", "auditor")) is Decision.ALLOW
+
+
+def test_patterns_with_params_fold_without_empty_segments() -> None:
+    router = Router([Route("/a/;v/b/**", "public")], Route("", "user"))  # folds to /a/b/**
+    assert router.match("GET", "/a/;v/b/x").access == "public"

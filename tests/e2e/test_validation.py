@@ -26,6 +26,7 @@ from urllib.parse import parse_qs, unquote, urljoin, urlsplit
 import httpx
 import pytest
 
+from gateway.tokens import MAX_TOKEN_LENGTH
 from tests.conftest import Backend, MakeGateway, RunningGateway, StartGateway
 from tests.servers import serving
 
@@ -497,8 +498,9 @@ CRAFTED: list[tuple[str, bytes]] = [
     ("exp negative beyond float", b'{"exp": -1' + b"0" * 400 + b"}"),
     ("exp NaN", b'{"exp": NaN}'),
     ("exp Infinity", b'{"exp": Infinity}'),
+    ("exp too long to parse", b'{"exp": 1' + b"0" * 4400 + b"}"),
     ("nested 3000 deep", b"[" * 3000 + b"]" * 3000),
-    ("nested object", b'{"exp": ' + b'{"a":' * 3000 + b"1" + b"}" * 3000 + b"}"),
+    ("nested inside exp", b'{"exp": ' + b"[" * 2500 + b"]" * 2500 + b"}"),
 ]
 
 
@@ -508,6 +510,7 @@ def test_crafted_jwt_payloads_are_refused_not_a_500(
     """Unverified claim peeking (exp) must survive any payload the client can craft."""
     gateway = make_gateway(ROUTES)
     token = _crafted_jwt(payload)
+    assert len(token) <= MAX_TOKEN_LENGTH  # token-shaped: it reaches the claim peeking
     with httpx.Client(base_url=gateway.url) as client:
         for headers in ({"authorization": f"Bearer {token}"}, {"cookie": f"userToken={token}"}):
             private = client.get("/api/echo/private", headers={**XHR, **headers})
@@ -666,6 +669,23 @@ def test_validate_reply_that_is_no_verdict_is_503_not_a_logout(
     assert [e["reason"] for e in gateway.events("auth.backend_unavailable")] == ["backend_error"]
 
 
+def test_validate_json_2xx_without_a_user_is_a_verdict(make_gateway: MakeGateway) -> None:
+    """The other side of that choice: a JSON 2xx without a usable user (200 {"success": false},
+    as some backends answer for a bad token) says "not valid", so the refresh runs; this
+    backend rejects it, which ends the session."""
+    app, calls = _maintenance_backend(200, b'{"success": false}', "application/json")
+    with serving(app) as auth:
+        gateway = make_gateway(routes_with(f'url = "{auth.url}"', "retries = 0"))
+        with httpx.Client(base_url=gateway.url) as client:
+            reply = client.get("/api/items", headers={
+                "cookie": "userToken=opaque-session-token; refreshToken=opaque-refresh", **XHR})
+    assert reply.status_code == 401, reply.text
+    assert reply.json()["error"] == "unauthenticated"
+    assert calls == {"/auth/me": 1, "/auth/refresh": 1}
+    cleared = {c.split("=", 1)[0] for c in set_cookies(reply) if "max-age=0" in c.lower()}
+    assert cleared == {"userToken", "refreshToken"}
+
+
 def test_slow_backend_times_out_to_503(make_gateway: MakeGateway, backend: Backend) -> None:
     gateway = make_gateway(routes_with("retries = 1",
                                       extra="\n[upstream]\nread_timeout_s = 0.3\n"))
@@ -800,7 +820,8 @@ def test_path_normalization_before_matching(make_gateway: MakeGateway, backend: 
     assert reply.status == 200
     assert reply.json()["path"] == "/api/echo/public/a%2Fb"
     for target in (b"/api/echo/public/..%2fprivate", b"/api/echo/public/..%2F..%2Fprivate",
-                   b"/api/echo/public/%2e%2e%5cprivate"):
+                   b"/api/echo/public/%2e%2e%5cprivate", b"/api/public/..%2Fadmin%2Fstats",
+                   b"/api/echo/public/x%2F..;a%2F..;b%2Fadmin%2Fx"):
         reply = raw_request(gateway.url, target, xhr)
         assert reply.status == 400, target
         assert reply.json()["error"] == "invalid_path"
@@ -820,15 +841,25 @@ def test_case_and_params_variants_of_an_admin_route_are_forbidden(
         start: StartGateway, backend: Backend) -> None:
     """Express matches routes case-insensitively, Tomcat drops ``;params``: with the express
     preset a non-admin got 200 for /api/Admin/stats while /api/admin/stats was 403."""
-    gateway = start("express")
+    gateway = start("express", routes=[
+        {"match": "/api/echo/admin/**", "access": "user", "roles": ["admin"]}])
     user = [(b"authorization", f"Bearer {backend.token(1)}".encode())]  # no admin role
     admin = [(b"authorization", f"Bearer {backend.token(2)}".encode())]
+    # ";x" alone leaves an empty segment, which Tomcat and Spring merge away.
     for target in (b"/api/admin/stats", b"/api/Admin/stats", b"/API/admin/stats",
-                   b"/api/admin;x/stats", b"/api;v=1/ADMIN/stats"):
+                   b"/api/admin;x/stats", b"/api;v=1/ADMIN/stats", b"/api/;x/admin/stats",
+                   b"/;x/api/admin/stats", b"/api/echo/Admin/x", b"/api/echo/;v/admin/x"):
         reply = raw_request(gateway.url, target, user)
         assert reply.status == 403, target
         assert reply.json()["error"] == "forbidden"
-    assert raw_request(gateway.url, b"/api/admin/stats", admin).status == 200
+    reply = raw_request(gateway.url, b"/api/admin/stats", admin)
+    assert reply.status == 200
+    # The admin's variants are forwarded as they are (the echo shows what the upstream got).
+    for target in (b"/api/echo/Admin/x", b"/api/echo/admin;v=1/x", b"/api/echo/;v/admin/x"):
+        reply = raw_request(gateway.url, target, admin)
+        assert reply.status == 200, target
+        assert reply.json()["path"] == target.decode()
+        assert echoed(reply.json(), "x-auth-user-id") == ["2"]
 
 
 HOSTILE_PATHS: list[bytes] = [
