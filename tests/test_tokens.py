@@ -16,6 +16,7 @@ from gateway.tokens import (
     MAX_TOKEN_LENGTH,
     FoundToken,
     MalformedToken,
+    claims_exp,
     find_token,
     jwt_claims,
     jwt_exp,
@@ -274,3 +275,49 @@ def test_jwt_exp_missing() -> None:
 def test_jwt_exp_float() -> None:
     payload = b64url(json.dumps({"exp": 1700000000.25}).encode())
     assert jwt_exp(f"h.{payload}.s") == 1700000000.25
+
+
+# -- crafted payloads: exp peeking must never raise (it runs before any login) -----------------
+
+@pytest.mark.parametrize("payload", [
+    b'{"exp": 1' + b"0" * 400 + b"}",  # int too large for float(): OverflowError
+    b'{"exp": -1' + b"0" * 400 + b"}",
+    b'{"exp": 1e400}',  # json reads this as inf
+    b'{"exp": NaN}',
+    b'{"exp": Infinity}',
+    b'{"exp": -Infinity}',
+    b'{"exp": ' + b"[" * 2500 + b"]" * 2500 + b"}",  # RecursionError inside exp
+])
+def test_jwt_exp_of_an_unusable_number_is_none(payload: bytes) -> None:
+    token = f"h.{b64url(payload)}.s"
+    assert len(token) <= MAX_TOKEN_LENGTH  # a client can send every one of these
+    assert jwt_exp(token) is None
+
+
+def test_jwt_claims_of_a_too_deep_payload_is_none() -> None:
+    for payload in (b"[" * 3000 + b"]" * 3000, b'{"a":' * 3000 + b"1" + b"}" * 3000):
+        assert jwt_claims(f"h.{b64url(payload)}.s") is None
+
+
+def test_jwt_claims_of_an_integer_too_long_to_parse_is_none() -> None:
+    # Python refuses to parse ints of more than 4300 digits (ValueError); still token-sized.
+    payload = b'{"exp": 1' + b"0" * 4400 + b"}"
+    token = f"h.{b64url(payload)}.s"
+    assert len(token) < MAX_TOKEN_LENGTH
+    assert jwt_claims(token) is None
+    assert jwt_exp(token) is None
+
+
+@pytest.mark.parametrize(("claims", "expected"), [
+    (None, None),
+    ({}, None),
+    ({"exp": 10**400}, None),
+    ({"exp": float("nan")}, None),
+    ({"exp": float("inf")}, None),
+    ({"exp": True}, None),
+    ({"exp": 1700000000}, 1700000000.0),
+    ({"exp": -5}, -5.0),
+    ({"exp": 1.5}, 1.5),
+])
+def test_claims_exp(claims: dict[str, object] | None, expected: float | None) -> None:
+    assert claims_exp(claims) == expected

@@ -22,7 +22,8 @@ import psutil
 import pytest
 
 from gateway.app import create_app
-from gateway.settings import settings_from_mapping
+from gateway.proxy import TrustedProxies, Upstream, upstream_request_headers
+from gateway.settings import UpstreamSettings, settings_from_mapping
 from tests.conftest import Backend, MakeGateway, RunningGateway
 from tests.servers import (
     ServerProcess,
@@ -759,28 +760,81 @@ async def test_bad_path_is_400_json(gw: RunningGateway, backend: Backend, target
 # -- header bytes -----------------------------------------------------------------------------
 
 
-async def test_utf8_header_bytes_reach_the_upstream_unchanged(gw: RunningGateway) -> None:
-    note = "café ☕ ü"
+@pytest.mark.parametrize("note", [
+    "café ☕ ü",
+    "𝄞 four-byte 😀",
+    "nel\u0085 ls\u2028 ps\u2029 nbsp\u00a0",  # Unicode line breaks: still no CR/LF bytes
+], ids=["two-and-three-byte", "four-byte", "unicode-line-breaks"])
+async def test_utf8_header_bytes_reach_the_upstream_unchanged(gw: RunningGateway,
+                                                              note: str) -> None:
     # raw_request writes latin-1: hand it the UTF-8 bytes as latin-1 characters.
-    reply = await raw_request(gw.url, "/api/echo/x",
-                              [("X-Note", note.encode("utf-8").decode("latin-1"))])
-    assert reply.status == 200
+    sent = note.encode("utf-8")
+    reply = await raw_request(gw.url, "/api/echo/x", [("X-Note", sent.decode("latin-1")),
+                                                      ("X-Other", "plain")])
+    assert reply.status == 200, reply.body
     # The reference backend (Starlette) reads header bytes as latin-1: compare bytes.
-    seen = values(echoed(reply.json()), "x-note")
-    assert [v.encode("latin-1") for v in seen] == [note.encode("utf-8")]
+    seen = echoed(reply.json())
+    assert [v.encode("latin-1") for v in values(seen, "x-note")] == [sent]
+    assert values(seen, "x-other") == ["plain"]
 
 
-async def test_non_utf8_header_bytes_are_refused_not_altered(gw: RunningGateway) -> None:
-    parts = urlsplit(gw.url)
-    assert parts.hostname is not None and parts.port is not None
-    reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
-    writer.write(b"GET /api/echo/x HTTP/1.1\r\nHost: gw\r\nX-Name: J\xf6rg\r\n"
-                 b"Connection: close\r\n\r\n")
-    raw = await asyncio.wait_for(reader.read(), 10)
-    writer.close()
-    head, _, body = raw.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 400"), head
-    assert json.loads(body)["error"] == "invalid_header"
+@pytest.mark.parametrize("value", [
+    b"J\xf6rg",  # Latin-1
+    b"caf\xe9 \xe2\x98\x95",  # Latin-1 next to UTF-8
+    b"\xed\xa0\x80",  # an encoded surrogate: not UTF-8
+    b"\xc0\xaf",  # an overlong "/": not UTF-8
+], ids=["latin-1", "mixed", "surrogate", "overlong"])
+async def test_non_utf8_header_bytes_are_refused_not_altered(
+        gw: RunningGateway, backend: Backend, value: bytes) -> None:
+    """aiohttp can only write header text as UTF-8: other bytes cannot reach the upstream as
+    sent, so the request is refused (400 JSON) rather than forwarded altered."""
+    before = backend.calls("echo")
+    reply = await raw_request(gw.url, "/api/echo/x", [("X-Name", value.decode("latin-1"))])
+    assert assert_clean_error(reply, 400)["error"] == "invalid_header"
+    assert backend.calls("echo") == before
+
+
+def _forwarding_app(upstream_url: str, added: list[tuple[bytes, bytes]]) -> Any:
+    """``Upstream.forward`` alone behind uvicorn, adding ``added`` to every request's headers
+    unchecked: a caller that let a control character through."""
+    upstream = Upstream(UpstreamSettings(url=upstream_url, max_connections=1))
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await upstream.start()
+                    await send({"type": "lifespan.startup.complete"})
+                else:
+                    await upstream.close()
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        headers = upstream_request_headers(scope, client_ip="127.0.0.1", request_id="r-1",
+                                           trusted=TrustedProxies(()))
+        await upstream.forward(scope, receive, send, path=scope["path"],
+                               headers=[*headers, *added])
+
+    return app
+
+
+@pytest.mark.parametrize("added", [
+    (b"x-auth-user-id", b"1\r\nx-injected: yes"),
+    (b"x-auth-user-id", b"1\nx-injected: yes"),
+    (b"x-auth-user", b"a\x00b"),
+    (b"x-auth-token-type", b"user\x7f"),
+], ids=["crlf", "lf", "nul", "del"])
+async def test_header_aiohttp_refuses_is_a_clean_502(backend: Backend,
+                                                     added: tuple[bytes, bytes]) -> None:
+    """aiohttp raises ValueError for a control character in a header: the client gets a JSON
+    502 (not a 500 text/plain), nothing reaches the upstream, and the pool slot is given back
+    (with one slot, three requests in a row would otherwise end in 503s)."""
+    before = backend.calls("echo")
+    with ServerThread(_forwarding_app(backend.url, [added])) as forwarder:
+        replies = [await raw_request(forwarder.url, "/api/echo/x") for _ in range(3)]
+    for reply in replies:
+        assert assert_clean_error(reply, 502)["error"] == "upstream_request_invalid"
+    assert backend.calls("echo") == before
 
 
 @pytest.mark.parametrize(("user_id", "header"), [
