@@ -34,6 +34,7 @@ class AuthReply:
     status: int
     body: Any  # parsed JSON, or None when the body was not JSON
     set_cookies: tuple[str, ...] = field(default=())
+    date: str = ""  # the reply's Date header: the backend's clock (gateway doctor reads it)
 
     @property
     def ok(self) -> bool:
@@ -146,4 +147,5 @@ class AuthClient:
                 body = json.loads(raw) if raw else None
             except ValueError:
                 body = None
-            return AuthReply(resp.status, body, tuple(resp.headers.getall("set-cookie", ())))
+            return AuthReply(resp.status, body, tuple(resp.headers.getall("set-cookie", ())),
+                             resp.headers.get("date", ""))

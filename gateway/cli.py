@@ -1,4 +1,4 @@
-"""Command line: ``gateway serve``, ``gateway check``, ``gateway demo`` (CONTRACT.md §1)."""
+"""Command line: ``gateway serve``, ``check``, ``demo`` and ``doctor`` (see README.md)."""
 
 from __future__ import annotations
 
@@ -128,6 +128,37 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(port=args.port)
 
 
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from gateway.doctor import DoctorOptions, diagnose
+
+    path = _config_path(args.config)
+    try:
+        settings = load_settings(path)
+    except SettingsError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    password = os.environ.get(args.password_env, "")
+    if not password:
+        print(f"--password-env: environment variable {args.password_env} is not set (it must "
+              "hold the test account's password)", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    options = DoctorOptions(username=args.username, password=password,
+                            login_field=args.login_field, public_url=args.public_url,
+                            config_label=str(path))
+    report = asyncio.run(diagnose(settings, options))
+    print(report.json() if args.json else report.text())
+    return report.exit_code
+
+
+def _public_url(text: str) -> str:
+    if not text.startswith(("http://", "https://")) or text[-3:] == "://":
+        raise argparse.ArgumentTypeError(f"must be an http:// or https:// URL, not {text!r}")
+    return text.rstrip("/")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gateway", description="A reverse proxy that owns the login session.")
@@ -147,6 +178,21 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="the reference backend with the gateway in front")
     demo.add_argument("--port", type=_port, default=8080)
     demo.set_defaults(func=_cmd_demo)
+
+    doctor = commands.add_parser(
+        "doctor", help="check the backend's token setup with a test account (docs/doctor.md)")
+    doctor.add_argument("--config", help="config file (default: $GATEWAY_CONFIG or ./gateway.toml)")
+    doctor.add_argument("--username", required=True, help="a test account's login")
+    doctor.add_argument("--password-env", required=True, metavar="VAR",
+                        help="environment variable holding its password (never a flag)")
+    doctor.add_argument("--json", action="store_true", help="print the checks as JSON")
+    doctor.add_argument("--login-field", default="auto", metavar="NAME",
+                        help="JSON key of the login name (default auto: sent as both email "
+                             "and username)")
+    doctor.add_argument("--public-url", type=_public_url, metavar="URL",
+                        help="the URL browsers open (default: an absolute login.url, else "
+                             "http://server.host:port)")
+    doctor.set_defaults(func=_cmd_doctor)
     return parser
 
 
