@@ -180,7 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_cmd_demo)
 
     doctor = commands.add_parser(
-        "doctor", help="check the backend's token setup with a test account (docs/doctor.md)")
+        "doctor", help="check the backend's token setup with a test account (docs/doctor.md)",
+        allow_abbrev=False)  # "--password x" must not pass for "--password-env x"
     doctor.add_argument("--config", help="config file (default: $GATEWAY_CONFIG or ./gateway.toml)")
     doctor.add_argument("--username", required=True, help="a test account's login")
     doctor.add_argument("--password-env", required=True, metavar="VAR",

@@ -39,6 +39,9 @@ ORDER: tuple[CheckId, ...] = (
     "cookie_security", "cors", "state", "forward_auth",
 )
 
+_LIVE: tuple[CheckId, ...] = ("login", "validate", "refresh", "rotation", "blacklisting", "logout")
+_FROM_TOKENS: tuple[CheckId, ...] = ("lifetime", "cookie_lifetime", "clock_skew", "cookie_size")
+
 
 @dataclass(frozen=True)
 class DoctorOptions:
@@ -66,10 +69,8 @@ async def diagnose(settings: Settings, options: DoctorOptions) -> Report:
             await probe.refresh()
             await probe.logout()
         else:
-            for check_id in ("login", "validate", "refresh", "rotation", "blacklisting",
-                             "logout"):
-                probe.checks.append(skipped(check_id,  # type: ignore[arg-type]
-                                            "the auth backend is not reachable"))
+            probe.checks.extend(skipped(check_id, "the auth backend is not reachable")
+                                for check_id in _LIVE)
     finally:
         await client.close()
         if upstream is not None:
@@ -87,8 +88,7 @@ def _token_checks(settings: Settings, probe: Probe) -> list[Check]:
     """Lifetimes, clocks and cookie sizes, read from the tokens the test login got."""
     session = probe.session
     if session is None:
-        return [skipped(c, "needs a login") for c in  # type: ignore[misc]
-                ("lifetime", "cookie_lifetime", "clock_skew", "cookie_size")]
+        return [skipped(c, "needs a login") for c in _FROM_TOKENS]
     received = session.clock.received_at
     access_life = rules.lifetime_s(jwt_claims(session.access), received)
     refresh_life = (rules.lifetime_s(jwt_claims(session.refresh), received)

@@ -17,7 +17,7 @@ from typing import Any, Literal
 from gateway.authclient import AuthClient, AuthReply, BackendUnavailable, dig
 from gateway.doctor import shape
 from gateway.doctor.report import Check, failed, names, passed, skipped, warned
-from gateway.doctor.rules import ClockReading
+from gateway.doctor.rules import ClockReading, least_offset
 from gateway.refresh import REJECTED_STATUSES
 from gateway.settings import Settings
 from gateway.tokens import MAX_TOKEN_LENGTH, is_token, jwt_claims
@@ -278,9 +278,17 @@ class Probe:
             if reply.ok:
                 return failed("validate", f"{sent} answered {status} for a fresh login, but "
                               f"{scheme} <token> is accepted", f"set auth.scheme = {scheme!r}")
-        return failed("validate", f"{sent} answered {status} for the token login just issued",
+        return failed("validate", f"{sent} answered {status} for the token login just "
+                      f"issued{self._clock_hint()}",
                       "check auth.validate.path and auth.scheme (what the backend expects "
                       "before the token in Authorization)")
+
+    def _clock_hint(self) -> str:
+        """A refused fresh token may be the clocks' fault: say so when they disagree."""
+        bounds = self.session.clock.from_iat() if self.session is not None else None
+        if bounds is None or abs(least_offset(bounds)) <= self.settings.auth.refresh.clock_skew_s:
+            return ""
+        return " (the backend's clock is off: see clock_skew)"
 
     def _no_user(self, sent: str, reply: AuthReply) -> Check:
         v = self.settings.auth.validate
@@ -305,41 +313,45 @@ class Probe:
             body_field=r.body_field, cookie=self.settings.cookies.refresh)
 
     async def refresh(self) -> None:
-        r = self.settings.auth.refresh
         if self.session is None:
-            for check_id in ("refresh", "rotation", "blacklisting"):
-                self.checks.append(skipped(check_id, "needs a login"))  # type: ignore[arg-type]
-            return
-        old = self.session.credential(r.send)
+            self.checks.append(skipped("refresh", "needs a login"))
+        if self.session is None or not await self._refresh(self.session):
+            self.checks.append(skipped("rotation", "needs a working refresh"))
+            self.checks.append(skipped("blacklisting", "needs a working refresh"))
+
+    async def _refresh(self, session: Session) -> bool:
+        """Refresh once; then rotation and blacklisting. False when the refresh failed."""
+        r = self.settings.auth.refresh
+        old = session.credential(r.send)
         assert old is not None  # login() made sure
         sent = f"POST {r.path} (send = {r.send!r})"
         try:
             reply = await self._send_refresh(old)
         except BackendUnavailable as exc:
             self.checks.append(failed("refresh", f"{sent}: no answer ({exc})", _BACKEND))
-            return
+            return False
         self._keep(*shape.token_values(reply.body))
         if reply.status in REJECTED_STATUSES:
             self.checks.append(failed(
                 "refresh", f"{sent} answered {reply.status} for the session login just "
                 f"created: every refresh would log the user out; reply keys: "
-                f"{names(shape.key_paths(reply.body))}", _SEND_FIX[r.send]))
-            return
+                f"{names(shape.key_paths(reply.body))}{self._clock_hint()}", _SEND_FIX[r.send]))
+            return False
         if not reply.ok:
             self.checks.append(failed("refresh", f"{sent} answered {reply.status}: the "
                                       "gateway reads that as an outage (503)",
                                       "fix auth.refresh.path"))
-            return
+            return False
         access = dig(reply.body, r.access_path)
         if not self._token_found("refresh", "auth.refresh.access_path", r.access_path, access,
                                  reply, sent):
-            return
+            return False
         assert isinstance(access, str)
         new_refresh, came = self._rotated(reply)
         if new_refresh is not None and not is_token(new_refresh):
             self.checks.append(failed("refresh", f"{sent}: the rotated refresh token {came} is "
                                       "not a token the gateway can keep in a cookie", _UNUSABLE))
-            return
+            return False
         try:
             _, identity = await self._identify(access)
         except BackendUnavailable:
@@ -349,14 +361,15 @@ class Probe:
                                       "new access token is not accepted by validation",
                                       "check that auth.refresh.access_path points at the "
                                       "access token, not another one"))
-            return
+            return False
         self.checks.append(passed("refresh", f"{sent} answered {reply.status}; new access "
                                   f"token at {r.access_path} is accepted by validation"))
-        kept = self.session.refresh if new_refresh is None else new_refresh
-        self.refreshed = Session(access, kept, self.session.refresh_from,
-                                 self.session.clock)
+        kept = session.refresh if new_refresh is None else new_refresh
+        self.refreshed = Session(access, kept, session.refresh_from,
+                                 session.clock)
         self.checks.append(self._rotation(old, new_refresh, came, reply))
         await self._blacklisting(old)
+        return True
 
     def _rotated(self, reply: AuthReply) -> tuple[str | None, str]:
         """A rotated refresh token, where the gateway would look for it (body or cookie)."""

@@ -141,7 +141,7 @@ class ClockReading:
         return (stamp - self.received_at, stamp + 1.0 - self.sent_at)
 
 
-def _least(bounds: tuple[float, float]) -> float:
+def least_offset(bounds: tuple[float, float]) -> float:
     """The smallest offset these bounds allow (0 when they straddle zero), signed."""
     low, high = bounds
     if low <= 0 <= high:
@@ -159,7 +159,7 @@ def clock_skew(settings: Settings, reading: ClockReading | None,
         return skipped("clock_skew", "the backend's replies have no Date header and its "
                        "token no iat claim: its clock cannot be read")
     source = "the token's iat" if by_iat else "its Date header"
-    offset = _least(bounds)
+    offset = least_offset(bounds)
     ahead = "ahead of" if offset > 0 else "behind"
     told = (f"the backend's clock is {abs(offset):.0f} s {ahead} this host's (from {source})"
             if abs(offset) >= 0.5 else
@@ -177,9 +177,9 @@ def clock_skew(settings: Settings, reading: ClockReading | None,
                   "tokens look expired here while the backend still accepts them")
         return failed("clock_skew", f"{told}, more than clock_skew_s = {r.clock_skew_s:g}: "
                       f"{effect}", ntp)
-    if by_iat and by_date and abs(_least(by_date) - _least(by_iat)) > SKEW_WARN_S:
+    if by_iat and by_date and abs(least_offset(by_date) - least_offset(by_iat)) > SKEW_WARN_S:
         return warned("clock_skew", f"{told}, but its Date header says "
-                      f"{_least(by_date):+.0f} s: a proxy in front of it keeps another time",
+                      f"{least_offset(by_date):+.0f} s: a proxy in front of it keeps another time",
                       "synchronise the clocks of the backend and the proxy in front of it")
     if abs(offset) > SKEW_WARN_S:
         return warned("clock_skew", f"{told}: within clock_skew_s = {r.clock_skew_s:g}, but "
