@@ -131,6 +131,12 @@ def test_a_backend_behind_whose_tokens_look_due_at_birth_fails() -> None:
     assert check.verdict == "fail" and "every request refreshes" in check.detail
 
 
+def test_clocks_in_step_do_not_take_the_blame_for_a_short_token() -> None:
+    s = settings(auth={"refresh": {"proactive_s": 300}})
+    assert rules.lifetime(s, 60.0).verdict == "fail"
+    assert rules.clock_skew(s, reading(0.0), 60.0).verdict == "pass"
+
+
 def test_no_clock_to_read_skips() -> None:
     assert rules.clock_skew(settings(), None, None).verdict == "skip"
     assert rules.clock_skew(settings(), reading(0, iat=False, date=False), None).verdict \
@@ -283,12 +289,13 @@ async def test_redis_state_key_missing_or_redis_down(redis_server: RedisServer,
 def test_report_redacts_every_secret_and_counts() -> None:
     checks = (Check("login", "pass", f"got {JWT}"), Check("refresh", "fail", "x", "fix it"),
               Check("cors", "skip", "no [cors]"))
-    report = Report("g.toml", "http://a", checks, frozenset({JWT, 'pa"ss'}))
+    report = Report("g.toml", "http://a", checks, frozenset({JWT, 'pass"word1'}))
     assert report.exit_code == 1
     assert JWT not in report.text() and "[redacted]" in report.text()
     assert JWT not in report.json()
     assert json.loads(report.json())["summary"] == {"pass": 1, "warn": 0, "fail": 1, "skip": 1}
-    assert redact('{"p": "pa\\"ss"}', {'pa"ss'}) == '{"p": "[redacted]"}'
+    assert redact('{"p": "pass\\"word1"}', {'pass"word1'}) == '{"p": "[redacted]"}'
+    assert redact("13 pass, 0 fail", {"pass"}) == "13 pass, 0 fail"  # too short to be a secret
     assert Report("g", "u", checks[:1] + checks[2:]).exit_code == 0
 
 

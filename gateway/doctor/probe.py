@@ -23,8 +23,7 @@ from gateway.settings import Settings
 from gateway.tokens import MAX_TOKEN_LENGTH, is_token, jwt_claims
 from gateway.validation import Identity, identity_from_user
 
-LoginField = str  # "auto", or the JSON key that carries the username
-AUTO: LoginField = "auto"
+AUTO = "auto"  # --login-field default: the login name under both "email" and "username"
 _SCHEMES = ("Bearer", "JWT", "Token")  # what backends put before the token, most common first
 RefreshFrom = Literal["body", "cookie"]
 
@@ -49,7 +48,7 @@ class Probe:
     client: AuthClient
     username: str
     password: str
-    login_field: LoginField = AUTO
+    login_field: str = AUTO  # or the JSON key that carries the login name
     secrets: set[str] = field(default_factory=set)
     checks: list[Check] = field(default_factory=list)
     # what later checks read
@@ -152,17 +151,19 @@ class Probe:
             return
         assert isinstance(access, str)
         refresh, refresh_from, where = self._login_refresh(reply)
+        usable = refresh is None or is_token(refresh)
+        # Validation, lifetimes and clocks still need only the access token: go on with it.
+        self.session = Session(access, refresh if usable else None, refresh_from,
+                               ClockReading(sent_at, received_at, reply.date,
+                                            _iat(jwt_claims(access))))
         uses_refresh = self.settings.auth.refresh.send != "access_header"
         if refresh is None and uses_refresh:
             self.checks.append(self._no_refresh(reply, sent))
             return
-        if refresh is not None and not is_token(refresh):
-            self.checks.append(failed("login", f"{sent}: the refresh token at {where} is not a "
+        if not usable:
+            self.checks.append(failed("login", f"{sent}: the refresh token {where} is not a "
                                       "token the gateway can keep in a cookie", _UNUSABLE))
             return
-        self.session = Session(access, refresh, refresh_from,
-                               ClockReading(sent_at, received_at, reply.date,
-                                            _iat(jwt_claims(access))))
         found = f"access token at {lg.access_path}" + (f", refresh token {where}" if refresh
                                                        else "")
         self.checks.append(passed("login", f"{sent} answered {reply.status}; {found}"))
@@ -187,9 +188,14 @@ class Probe:
               else "auth.login.refresh_path is empty")
         cookies = names(shape.set_cookie_names(reply.set_cookies))
         candidates = [p for p in shape.token_paths(reply.body) if p != lg.access_path]
-        fix = (f"set auth.login.refresh_path = {candidates[0]!r}" if candidates else
-               "set cookies.refresh to the name of the backend's refresh cookie, or "
-               "auth.login.refresh_path to where the reply carries it")
+        in_cookies = shape.token_cookie_names(reply.set_cookies)
+        if candidates:
+            fix = f"set auth.login.refresh_path = {candidates[0]!r}"
+        elif in_cookies:
+            fix = f"set cookies.refresh = {in_cookies[0]!r} (the backend's refresh cookie)"
+        else:
+            fix = ("set cookies.refresh to the name of the backend's refresh cookie, or "
+                   "auth.login.refresh_path to where the reply carries it")
         return failed("login", f"{sent}: send = {send!r} needs a refresh token, but {at} and no "
                       f"Set-Cookie named {self.settings.cookies.refresh!r} (cookies set: "
                       f"{cookies}; token-like values at: {names(candidates)})", fix)
@@ -323,7 +329,10 @@ class Probe:
         """Refresh once; then rotation and blacklisting. False when the refresh failed."""
         r = self.settings.auth.refresh
         old = session.credential(r.send)
-        assert old is not None  # login() made sure
+        if old is None:
+            self.checks.append(skipped("refresh", f"send = {r.send!r} needs a refresh token, "
+                                       "and the login gave none (see login)"))
+            return False
         sent = f"POST {r.path} (send = {r.send!r})"
         try:
             reply = await self._send_refresh(old)
@@ -460,9 +469,8 @@ class Probe:
         credential = current.credential(lo.send)
         path = lo.backend_path or lo.path
         if credential is None:
-            self.checks.append(warned("logout", f"auth.logout.send = {lo.send!r} needs a "
-                                      "refresh token, and the login gave none",
-                                      'set auth.logout.send = "access_header"'))
+            self.checks.append(skipped("logout", f"auth.logout.send = {lo.send!r} needs a "
+                                       "refresh token, and the login gave none (see login)"))
             return
         sent = f"POST {path} (send = {lo.send!r})"
         try:

@@ -21,7 +21,7 @@ CheckId = Literal[
 ]
 VERDICTS: tuple[Verdict, ...] = ("pass", "warn", "fail", "skip")
 REDACTED = "[redacted]"
-_MIN_SECRET = 4  # shorter strings would redact ordinary words
+_MIN_SECRET = 8  # shorter strings ("pass", "true") would redact the report's own words
 
 
 @dataclass(frozen=True, slots=True)

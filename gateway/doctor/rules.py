@@ -167,8 +167,11 @@ def clock_skew(settings: Settings, reading: ClockReading | None,
     r = settings.auth.refresh
     ntp = ("synchronise both clocks (NTP: chrony or systemd-timesyncd); raising "
            "auth.refresh.clock_skew_s only hides it")
-    seen = (access_lifetime + offset) if access_lifetime is not None else None
-    if seen is not None and r.proactive_s > 0 and seen <= r.proactive_s + r.clock_skew_s:
+    margin = r.proactive_s + r.clock_skew_s
+    life = access_lifetime
+    if (life is not None and r.proactive_s > 0 and offset < 0 and life > margin
+            and life + offset <= margin):  # fine by itself (see lifetime), due because of skew
+        seen = life + offset
         return failed("clock_skew", f"{told}: its tokens look {seen:.0f} s long here, within "
                       "proactive_s + clock_skew_s, so every request refreshes", ntp)
     if abs(offset) > r.clock_skew_s:

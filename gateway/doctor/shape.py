@@ -79,3 +79,13 @@ def set_cookie_value(set_cookies: tuple[str, ...], name: str) -> str | None:
         if pair is not None and pair[0] == name and pair[1]:
             return pair[1]
     return None
+
+
+def token_cookie_names(set_cookies: tuple[str, ...]) -> list[str]:
+    """The names of the cookies a reply set to something token-shaped."""
+    found: list[str] = []
+    for header in set_cookies:
+        pair = _pair(header)
+        if pair is not None and looks_like_token(pair[1]) and pair[0] not in found:
+            found.append(pair[0])
+    return found
