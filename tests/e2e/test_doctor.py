@@ -298,3 +298,42 @@ async def test_refresh_cookie_under_another_name_is_named(backend: Backend) -> N
     assert checks["validate"].verdict == "pass" and checks["lifetime"].verdict == "pass"
     assert checks["refresh"].verdict == "skip" and checks["blacklisting"].verdict == "skip"
     assert_no_secrets(report.text(), report.secrets)
+
+
+async def test_wrong_id_field_names_the_user_keys(backend: Backend) -> None:
+    report = await diagnose_preset("next-api-layer", backend.url,
+                                   {"auth": {"validate": {"id_field": "uid"}}})
+    validate = next(c for c in report.checks if c.id == "validate")
+    assert validate.verdict == "fail"
+    assert "no id at id_field = 'uid'; its keys: id, email, username, roles, type" \
+        in validate.detail
+
+
+async def test_roles_not_found_while_routes_need_them_warns(backend: Backend) -> None:
+    report = await diagnose_preset("next-api-layer", backend.url,
+                                   {"auth": {"validate": {"roles_field": "groups"}}})
+    validate = next(c for c in report.checks if c.id == "validate")
+    assert validate.verdict == "warn" and "no roles at roles_field = 'groups'" in validate.detail
+    assert report.exit_code == 0
+
+
+async def test_upstream_down_while_auth_answers_fails(backend: Backend) -> None:
+    with serving(create_backend()) as gone:
+        dead = gone.url
+    report = await diagnose_preset("next-api-layer", dead, {"auth": {"url": backend.url}})
+    reachable = next(c for c in report.checks if c.id == "reachable")
+    assert reachable.verdict == "fail" and f"upstream {dead} does not answer" in reachable.detail
+    assert next(c for c in report.checks if c.id == "login").verdict == "pass"
+
+
+async def test_logout_that_does_not_revoke_warns(backend: Backend) -> None:
+    """An endpoint that answers 200 to anything is no revocation: the credential still works."""
+    report = await diagnose_preset("next-api-layer", backend.url,
+                                   {"auth": {"logout": {"backend_path": "/api/echo"}}})
+    logout = next(c for c in report.checks if c.id == "logout")
+    assert logout.verdict == "warn" and "still works afterwards" in logout.detail
+    wrong = await diagnose_preset("next-api-layer", backend.url,
+                                  {"auth": {"logout": {"backend_path": "/api/public/hello"}}})
+    logout = next(c for c in wrong.checks if c.id == "logout")
+    assert logout.verdict == "warn" and "answered 405" in logout.detail
+    assert wrong.exit_code == 0
