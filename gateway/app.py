@@ -32,7 +32,8 @@ class Gateway:
         self.settings = settings
         self.metrics = Metrics()
         self.audit = AuditLog(settings.audit.sink, on_event=self.metrics.event)
-        self.upstream = Upstream(settings.upstream)
+        self.upstream = Upstream(settings.upstream, max_body_bytes=settings.server.max_body_bytes,
+                                 trusted=TrustedProxies(settings.server.trusted_proxies))
         self.websockets = WebSocketRelay(self.upstream)
         self.auth_client = AuthClient(settings)
         self.store = create_store(settings, self.audit)

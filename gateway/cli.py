@@ -95,6 +95,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from gateway.server import uvicorn_options
+
     path = _config_path(args.config)
     settings = _load(args.config)
     if settings is None:
@@ -118,6 +120,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         # and /__gateway/metrics are the gateway's request records.
         access_log=False,
         lifespan="on",
+        # [server] limits a server must keep: head size before buffering, head and
+        # keep-alive timeouts, no trailer merging (docs/limits.md).
+        **uvicorn_options(settings.server),
     )
     return 0
 
