@@ -99,10 +99,10 @@ async def closed_by_peer(reader: asyncio.StreamReader, within: float) -> bool:
         while (left := deadline - time.monotonic()) > 0:
             if not await asyncio.wait_for(reader.read(65536), left):
                 return True
+    except TimeoutError:  # an OSError too: caught first
+        return False
     except (ConnectionError, OSError):
         return True
-    except TimeoutError:
-        return False
     return False
 
 
