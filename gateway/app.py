@@ -46,7 +46,7 @@ class Gateway:
             upstream=self.upstream,
             endpoints=Endpoints(settings.server.reserved_prefix, client=self.auth_client,
                                 probe_path=settings.auth.validate.path, store=self.store,
-                                metrics=self.metrics),
+                                metrics=self.metrics, admin_port=settings.server.admin_port),
             trusted=TrustedProxies(settings.server.trusted_proxies),
             router=Router(settings.routes, settings.default_route),
             sessions=Sessions(settings, self.validator, self.refresher, self.guests,

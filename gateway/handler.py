@@ -205,7 +205,7 @@ class HTTPHandler:
             await send_error(send, 400, "invalid_path", "The request path is not acceptable.",
                              head=head)
             return
-        own = self._endpoints.owns(path)
+        own = self._endpoints.owns(path, scope)
         refusal = self._limits.refusal(scope, own_endpoint=own)
         if refusal is not None:  # head too large, too many headers, bad Host: docs/limits.md
             await send_error(send, refusal.status, refusal.error, refusal.detail,

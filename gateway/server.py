@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
 import json
 import uuid
 from dataclasses import dataclass
@@ -241,3 +242,26 @@ def uvicorn_options(settings: ServerSettings, http: HttpKind = "auto") -> dict[s
         "http": protocol_factory(ConnectionLimits.of(settings), http),
         "timeout_keep_alive": settings.keepalive_timeout_s,
     }
+
+
+def serve_with_admin(config: Config, admin_host: str, admin_port: int) -> int:
+    """Serve ``config`` as ``uvicorn.run`` would, on one more socket: the admin listener
+    (``server.admin_port``), served by the same app, which tells the two apart by the local
+    port (``gateway/endpoints.py``). Returns the process's exit code."""
+    from uvicorn import Server
+    from uvicorn.supervisors import Multiprocess
+
+    sockets = [config.bind_socket(),
+               Config(config.app, host=admin_host, port=admin_port).bind_socket()]
+    server = Server(config)
+    try:
+        if config.workers > 1:
+            options: dict[str, Any] = {"sockets": sockets}
+            if "target" in inspect.signature(Multiprocess).parameters:  # older uvicorn
+                options["target"] = server.run
+            Multiprocess(config, **options).run()
+            return 0
+        server.run(sockets=sockets)
+    except KeyboardInterrupt:  # pragma: no cover - Ctrl-C
+        pass
+    return 0 if server.started else 3  # 3: uvicorn's own "startup failed"

@@ -63,6 +63,9 @@ class ServerSettings:
     # "*.example.com" for its subdomains; empty = any well-formed host. A malformed Host
     # (userinfo, spaces, a path) is refused with 400 whatever this says.
     allowed_hosts: tuple[str, ...] = ()
+    # A second listener for readiness and metrics (0 = none: they stay on the main port).
+    admin_port: int = 0
+    admin_host: str = "127.0.0.1"
 
 
 @dataclass(frozen=True)
@@ -465,6 +468,11 @@ def _check_server(s: Settings, problems: list[str]) -> None:
            low_inclusive=False)
     _range(s.server.keepalive_timeout_s, "server.keepalive_timeout_s", problems, low=0,
            low_inclusive=False)
+    _range(s.server.admin_port, "server.admin_port", problems, low=0, high=65535)
+    if s.server.admin_port and s.server.admin_port == s.server.port:
+        problems.append("server.admin_port: must differ from server.port")
+    if not s.server.admin_host:
+        problems.append("server.admin_host: must be an address to listen on")
     for index, host in enumerate(s.server.allowed_hosts):
         if not _ALLOWED_HOST.fullmatch(host):
             problems.append(f"server.allowed_hosts[{index}]: not a host name, *.domain or IP")

@@ -13,8 +13,10 @@ import contextlib
 import threading
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from gateway.server import HttpKind
@@ -29,7 +31,7 @@ from tests.helpers.limits import (
     request,
     serve,
 )
-from tests.servers import ServerThread
+from tests.servers import ServerProcess, ServerThread, free_port, python_module
 
 PUBLIC = '[[routes]]\nmatch = "/**"\naccess = "public"\n'
 KiB = 1024
@@ -179,8 +181,6 @@ async def test_chunked_body_over_limit_is_cut_with_413(make_gateway: MakeGateway
 async def test_uploads_under_the_default_limit_stream(make_gateway: MakeGateway,
                                                       backend: Backend) -> None:
     """The default limit (100 MiB) leaves ordinary uploads alone: 8 MiB, chunked, intact."""
-    import httpx
-
     gateway = make_gateway(PUBLIC)
 
     async def body() -> AsyncIterator[bytes]:
@@ -344,3 +344,45 @@ async def test_expect_continue_to_a_silent_upstream_times_out(make_gateway: Make
         listener.close()
     _error(reply, 504, "upstream_timeout")
     assert b"expect" not in bytes(received).lower()
+
+
+# -- readiness and metrics on their own listener -----------------------------------------------
+
+
+def test_admin_listener_under_gateway_serve(tmp_path: Path, backend: Backend) -> None:
+    """``server.admin_port``: readiness and metrics move to their own listener (bind it to a
+    private interface); health stays on the main port for load balancers; nothing on the admin
+    listener is ever proxied."""
+    port, admin = free_port(), free_port()
+    config = tmp_path / "gateway.toml"
+    config.write_text(PUBLIC + f"""
+[server]
+port = {port}
+admin_port = {admin}
+
+[upstream]
+url = "{backend.url}"
+
+[audit]
+sink = "{tmp_path / 'audit.jsonl'}"
+""")
+    gateway = ServerProcess(python_module("gateway", "serve", "--config", str(config)), port)
+    gateway.start()
+    try:
+        main, side = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin}"
+        assert httpx.get(main + "/__gateway/health").status_code == 200
+        for name in ("ready", "metrics"):
+            hidden = httpx.get(f"{main}/__gateway/{name}")
+            assert hidden.status_code == 404
+            assert hidden.json()["error"] == "not_found"
+        assert httpx.get(side + "/__gateway/ready").json()["status"] == "ready"
+        metrics = httpx.get(side + "/__gateway/metrics")
+        assert metrics.status_code == 200
+        assert "gateway_" in metrics.text
+        assert httpx.get(side + "/__gateway/health").status_code == 200
+        backend.reset()
+        assert httpx.get(side + "/api/echo/x").status_code == 404
+        assert backend.calls("echo") == 0
+        assert httpx.get(main + "/api/echo/x").status_code == 200
+    finally:
+        gateway.stop()
