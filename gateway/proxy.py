@@ -262,6 +262,52 @@ async def _wait_for_disconnect(receive: Receive) -> None:
         pass
 
 
+class _ClientSlots:
+    """``upstream.max_connections_per_client``: how many upstream connections one client
+    address may hold. Past the bound a request waits, like for the pool itself, up to the
+    connect timeout for one of its own client's requests to finish: a burst of quick requests
+    from one client is served, a client holding its connections with slow uploads gets 429,
+    and nobody else waits for it. 0 = no bound."""
+
+    def __init__(self, bound: int) -> None:
+        self._bound = bound
+        # client -> (its slots, requests holding or waiting for one); dropped when unused.
+        self._clients: dict[str, tuple[asyncio.Semaphore, list[int]]] = {}
+
+    async def acquire(self, client: str, timeout: float) -> bool:
+        if not self._bound:
+            return True
+        entry = self._clients.get(client)
+        if entry is None:
+            entry = self._clients[client] = (asyncio.Semaphore(self._bound), [0])
+        slots, users = entry
+        users[0] += 1
+        if not slots.locked():
+            await slots.acquire()
+            return True
+        try:
+            await asyncio.wait_for(slots.acquire(), timeout)
+        except TimeoutError:
+            self._leave(client, users)
+            return False
+        except BaseException:  # cancelled while waiting: the client went away
+            self._leave(client, users)
+            raise
+        return True
+
+    def release(self, client: str) -> None:
+        if not self._bound:
+            return
+        slots, users = self._clients[client]
+        slots.release()
+        self._leave(client, users)
+
+    def _leave(self, client: str, users: list[int]) -> None:
+        users[0] -= 1
+        if not users[0]:
+            del self._clients[client]
+
+
 class Upstream:
     """The shared client toward the upstream app, and the forwarding of one request."""
 
@@ -275,9 +321,7 @@ class Upstream:
         self._trusted = trusted or TrustedProxies(())
         self._session: aiohttp.ClientSession | None = None
         self._slots: asyncio.Semaphore | None = None
-        # Upstream connections (pool slots, held or awaited) per client address: a few slow
-        # clients cannot take the whole pool (upstream.max_connections_per_client).
-        self._held: dict[str, int] = {}
+        self._per_client = _ClientSlots(settings.max_connections_per_client)
 
     async def start(self) -> None:
         s = self._settings
@@ -328,19 +372,6 @@ class Upstream:
                 break
         return self._trusted.client_ip(peer, forwarded_for)
 
-    def _claim(self, client: str) -> bool:
-        bound = self._settings.max_connections_per_client
-        held = self._held.get(client, 0)
-        if bound and held >= bound:
-            return False
-        self._held[client] = held + 1
-        return True
-
-    def _unclaim(self, client: str) -> None:
-        held = self._held.pop(client, 1) - 1
-        if held > 0:
-            self._held[client] = held
-
     async def forward(
         self,
         scope: Scope,
@@ -382,7 +413,7 @@ class Upstream:
             except (ClientDisconnect, _BodyMismatch):
                 return
         client = self._client(scope)
-        if not self._claim(client):
+        if not await self._per_client.acquire(client, self._settings.connect_timeout_s):
             await send_error(send, 429, "too_many_connections",
                              "This client holds too many upstream connections; "
                              "try again shortly.",
@@ -393,7 +424,7 @@ class Upstream:
                                         own=own, body=body, whole=whole, length=length,
                                         rewrite=rewrite)
         finally:
-            self._unclaim(client)
+            self._per_client.release(client)
 
     async def _forward_claimed(
         self,

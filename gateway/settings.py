@@ -74,7 +74,8 @@ class UpstreamSettings:
     connect_timeout_s: float = 5.0
     read_timeout_s: float = 30.0
     max_connections: int = 256
-    # Upstream connections one client address may hold at once; more get 429 (0 = no bound).
+    # Upstream connections one client address may hold at once; more wait up to
+    # connect_timeout_s for one of their own client's, then get 429 (0 = no bound).
     max_connections_per_client: int = 64
 
 

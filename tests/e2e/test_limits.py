@@ -282,11 +282,14 @@ class _HoldingUpstream:
 
 
 async def test_one_client_cannot_take_the_upstream_pool(make_gateway: MakeGateway) -> None:
+    """Client a holds its bound (2) with slow uploads: its next request waits the connect
+    timeout for one of them, then gets 429; client b is served at once meanwhile."""
     upstream = _HoldingUpstream()
     with ServerThread(upstream) as server:
         gateway = make_gateway(
             PUBLIC + '[server]\ntrusted_proxies = ["127.0.0.1"]\n'
-            "[upstream]\nmax_connections = 4\nmax_connections_per_client = 2\n",
+            "[upstream]\nmax_connections = 4\nmax_connections_per_client = 2\n"
+            "connect_timeout_s = 0.5\n",
             upstream=server.url)
         a, b = "X-Forwarded-For: 203.0.113.1", "X-Forwarded-For: 203.0.113.2"
         holders = []
@@ -314,6 +317,17 @@ async def test_one_client_cannot_take_the_upstream_pool(make_gateway: MakeGatewa
         while (await request(gateway.url, head("GET", "/next", _host(gateway), a))).status != 200:
             assert time.monotonic() < deadline
             await asyncio.sleep(0.1)
+
+
+async def test_a_burst_from_one_client_past_its_bound_is_served(make_gateway: MakeGateway,
+                                                                backend: Backend) -> None:
+    """The bound is on connections held, not on requests: 30 concurrent quick requests from
+    one client with a bound of 2 queue for its slots and are all answered."""
+    gateway = make_gateway(PUBLIC + "[upstream]\nmax_connections_per_client = 2\n")
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=30,
+                                 limits=httpx.Limits(max_connections=30)) as client:
+        replies = await asyncio.gather(*(client.get(f"/api/echo/{i}") for i in range(30)))
+    assert [r.status_code for r in replies] == [200] * 30
 
 
 # -- Expect: 100-continue ----------------------------------------------------------------------
