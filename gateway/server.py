@@ -177,15 +177,17 @@ class H11Protocol(_HeadGuard, _UvicornH11):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        # Between requests (IDLE), or after this one's body (DONE: bytes now belong to the
+        # next request), incoming bytes are head bytes.
         self._in_head = self.conn.their_state in (h11.IDLE, h11.DONE)
-        if not self._in_head:
-            self._head_bytes = 0
-            self._tail = b""
         if not self._guard(data):
             return
+        cycle = self.cycle
         super().data_received(data)
-        if self.conn.their_state not in (h11.IDLE, h11.DONE):
+        if self.cycle is not cycle:  # a head was complete: a new request started
             self._head_done()
+            if self.conn.their_state is h11.DONE:  # no body: what follows is the next head
+                self._next_head()
 
 
 class HttpToolsProtocol(_HeadGuard, _UvicornHttpTools):

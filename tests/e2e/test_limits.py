@@ -86,6 +86,25 @@ async def test_endless_head_is_refused_before_it_ends(make_gateway: MakeGateway,
 
 
 @pytest.mark.parametrize("http", HTTP_KINDS)
+async def test_head_limit_is_per_request_on_a_keepalive_connection(
+        make_gateway: MakeGateway, backend: Backend, http: HttpKind) -> None:
+    """Twenty requests with 1 KiB heads, with and without bodies, on one connection under a
+    4 KiB limit: each head is counted on its own."""
+    gateway = serve(make_gateway, PUBLIC + "[server]\nmax_head_bytes = 4096\n", http=http,
+                    upstream=backend.url)
+    reader, writer = await connect(gateway.url)
+    try:
+        for i in range(20):
+            extra = ("Content-Length: 5",) if i % 2 else ()
+            writer.write(head("POST" if i % 2 else "GET", f"/api/echo/{i}", _host(gateway),
+                              "X-Pad: " + "p" * KiB, *extra) + (b"hello" if i % 2 else b""))
+            reply = await read_reply(reader)
+            assert reply.status == 200, (i, reply.body)
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize("http", HTTP_KINDS)
 async def test_too_many_headers_is_431(make_gateway: MakeGateway, backend: Backend,
                                        http: HttpKind) -> None:
     gateway = serve(make_gateway, PUBLIC, http=http, upstream=backend.url)
