@@ -176,6 +176,10 @@ class H11Protocol(_HeadGuard, _UvicornH11):
         self._disarm_head_timer()
         super().connection_lost(exc)
 
+    def handle_websocket_upgrade(self, event: h11.Request) -> None:
+        self._head_done()  # the connection now belongs to the WebSocket protocol
+        super().handle_websocket_upgrade(event)
+
     def data_received(self, data: bytes) -> None:
         # Between requests (IDLE), or after this one's body (DONE: bytes now belong to the
         # next request), incoming bytes are head bytes.

@@ -419,3 +419,20 @@ sink = "{tmp_path / 'audit.jsonl'}"
         assert httpx.get(main + "/api/echo/x").status_code == 200
     finally:
         gateway.stop()
+
+
+@pytest.mark.parametrize("http", HTTP_KINDS)
+async def test_websocket_outlives_the_head_timeout(make_gateway: MakeGateway, backend: Backend,
+                                                   http: HttpKind) -> None:
+    """The protocol classes of ``gateway serve`` hand upgrades over to the WebSocket protocol
+    with no head timer left running: a socket idle past ``head_timeout_s`` still relays."""
+    import websockets
+
+    gateway = serve(make_gateway, '[[routes]]\nmatch = "/ws/**"\naccess = "public"\n'
+                    "[server]\nhead_timeout_s = 0.3\nkeepalive_timeout_s = 0.3\n",
+                    http=http, upstream=backend.url)
+    async with websockets.connect("ws" + gateway.url.removeprefix("http") + "/ws/echo") as ws:
+        await ws.recv()  # the backend's hello
+        await asyncio.sleep(1.0)
+        await ws.send("still here")
+        assert await ws.recv() == "still here"
