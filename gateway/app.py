@@ -32,7 +32,8 @@ class Gateway:
         self.settings = settings
         self.metrics = Metrics()
         self.audit = AuditLog(settings.audit.sink, on_event=self.metrics.event)
-        self.upstream = Upstream(settings.upstream)
+        self.upstream = Upstream(settings.upstream, max_body_bytes=settings.server.max_body_bytes,
+                                 trusted=TrustedProxies(settings.server.trusted_proxies))
         self.websockets = WebSocketRelay(self.upstream)
         self.auth_client = AuthClient(settings)
         self.store = create_store(settings, self.audit)
@@ -45,7 +46,7 @@ class Gateway:
             upstream=self.upstream,
             endpoints=Endpoints(settings.server.reserved_prefix, client=self.auth_client,
                                 probe_path=settings.auth.validate.path, store=self.store,
-                                metrics=self.metrics),
+                                metrics=self.metrics, admin_port=settings.server.admin_port),
             trusted=TrustedProxies(settings.server.trusted_proxies),
             router=Router(settings.routes, settings.default_route),
             sessions=Sessions(settings, self.validator, self.refresher, self.guests,

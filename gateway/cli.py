@@ -7,6 +7,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from gateway.settings import Settings, SettingsError, load_settings
 
@@ -95,6 +96,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from gateway.server import serve_with_admin, uvicorn_options
+
     path = _config_path(args.config)
     settings = _load(args.config)
     if settings is None:
@@ -107,8 +110,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
               "merging, refresh single-flight and rotation grace hold per worker only; use "
               "backend = \"redis\" to make the workers act as one", file=sys.stderr)
     os.environ["GATEWAY_CONFIG"] = str(path.resolve())
-    uvicorn.run(
-        "gateway.asgi:app",
+    if settings.server.admin_port and settings.server.admin_port == port:
+        print(f"server.admin_port: must differ from the port to serve on ({port})",
+              file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    options: dict[str, Any] = dict(
         host=host,
         port=port,
         workers=workers,
@@ -118,8 +124,16 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         # and /__gateway/metrics are the gateway's request records.
         access_log=False,
         lifespan="on",
+        # [server] limits a server must keep: head size before buffering, head and
+        # keep-alive timeouts, no trailer merging (docs/limits.md).
+        **uvicorn_options(settings.server),
     )
-    return 0
+    if not settings.server.admin_port:
+        uvicorn.run("gateway.asgi:app", **options)
+        return 0
+    # Readiness and metrics on their own listener (docs/limits.md).
+    return serve_with_admin(uvicorn.Config("gateway.asgi:app", **options),
+                            settings.server.admin_host, settings.server.admin_port)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

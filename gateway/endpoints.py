@@ -10,22 +10,41 @@ from gateway.responses import send_error, send_json
 from gateway.state import Store
 from gateway.types import Scope, Send
 
+# With an admin listener (server.admin_port) these are served there only; health stays on the
+# main port too, for load balancers that probe the port they send traffic to.
+_ADMIN_ONLY = frozenset({"/ready", "/metrics"})
+
+
+def _local_port(scope: Scope) -> int | None:
+    server = scope.get("server")
+    return int(server[1]) if server and server[1] is not None else None
+
 
 class Endpoints:
     def __init__(self, prefix: str, *, client: AuthClient, probe_path: str, store: Store,
-                 metrics: Metrics) -> None:
+                 metrics: Metrics, admin_port: int = 0) -> None:
         self.prefix = prefix
         self._prefix_slash = prefix + "/"
+        self._admin_port = admin_port
         self._client = client
         self._probe_path = probe_path
         self._store = store
         self._metrics = metrics
 
-    def owns(self, path: str) -> bool:
+    def _on_admin(self, scope: Scope) -> bool:
+        return bool(self._admin_port) and _local_port(scope) == self._admin_port
+
+    def owns(self, path: str, scope: Scope | None = None) -> bool:
+        """Under the reserved prefix, or anything on the admin listener (never proxied)."""
+        if scope is not None and self._on_admin(scope):
+            return True
         return path == self.prefix or path.startswith(self._prefix_slash)
 
     async def handle(self, scope: Scope, send: Send, path: str) -> None:
-        name = path[len(self.prefix):]
+        prefixed = path == self.prefix or path.startswith(self._prefix_slash)
+        name = path[len(self.prefix):] if prefixed else ""
+        if self._admin_port and name in _ADMIN_ONLY and not self._on_admin(scope):
+            name = ""  # on the admin listener only
         head = scope["method"] == "HEAD"
         if scope["method"] not in ("GET", "HEAD"):
             await send_error(send, 405, "method_not_allowed", "Only GET is supported here.",

@@ -13,6 +13,7 @@ from gateway.authclient import BackendUnavailable
 from gateway.cors import CorsPolicy, is_preflight, without_upstream_cors
 from gateway.endpoints import Endpoints
 from gateway.guest import GuestLimited
+from gateway.limits import RequestLimits
 from gateway.login import LoginCapture, Logout
 from gateway.proxy import TrustedProxies, Upstream, upstream_request_headers
 from gateway.responses import send_empty, send_error, send_redirect
@@ -174,6 +175,7 @@ class HTTPHandler:
         self._token_cookies = (settings.cookies.access.encode("latin-1"),
                                settings.cookies.guest.encode("latin-1"))
         self._login = settings.login
+        self._limits = RequestLimits(settings.server)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self._handle(scope, receive, send, self._upstream.forward)
@@ -203,7 +205,13 @@ class HTTPHandler:
             await send_error(send, 400, "invalid_path", "The request path is not acceptable.",
                              head=head)
             return
-        if self._endpoints.owns(path):
+        own = self._endpoints.owns(path, scope)
+        refusal = self._limits.refusal(scope, own_endpoint=own)
+        if refusal is not None:  # head too large, too many headers, bad Host: docs/limits.md
+            await send_error(send, refusal.status, refusal.error, refusal.detail,
+                             [(b"connection", b"close")], head=head)
+            return
+        if own:
             await self._endpoints.handle(scope, send, path)
             return
         peer = scope["client"][0] if scope.get("client") else ""

@@ -37,6 +37,11 @@ _PROXY_SET = frozenset({b"x-real-ip", b"x-forwarded-port", b"x-forwarded-prefix"
 _SERVER_OWNED = frozenset({b"server", b"date"})
 # Request headers the gateway always sets itself (Authorization only for a valid session).
 _GATEWAY_OWNED = frozenset({b"x-request-id", b"authorization"})
+# The client's framing is never forwarded as received: the gateway frames the body it reads
+# itself (Upstream.forward). ``Expect: 100-continue`` is answered toward the client by the
+# server; sent on, it would make the client library wait for a 100 that may never come before
+# its read timeout even starts.
+_FRAMING = frozenset({b"content-length", b"expect"})
 _CHUNK = 64 * 1024
 # A body announced at no more than one chunk is read in one go (what streaming it would
 # read anyway) and sent with its headers; anything larger streams.
@@ -126,7 +131,7 @@ def upstream_request_headers(
         if name == b"host":
             host = value
             continue
-        if name in HOP_BY_HOP or name in listed or name in _GATEWAY_OWNED:
+        if name in HOP_BY_HOP or name in listed or name in _GATEWAY_OWNED or name in _FRAMING:
             continue
         if b"_" in name and _underscored_spoof(name):
             continue
@@ -177,22 +182,79 @@ def _has_body(scope: Scope) -> bool:
     return False
 
 
-class _RequestBody:
-    """The client's body as an async iterator of chunks, read from ASGI ``receive``."""
+def declared_length(scope: Scope) -> int | None:
+    """The body length the client announced, if its framing is unambiguous: exactly one
+    ``Content-Length`` of digits and no ``Transfer-Encoding`` (with both, the server framed
+    the body by the latter and the length means nothing)."""
+    lengths = []
+    for name, value in scope["headers"]:
+        if name == b"transfer-encoding":
+            return None
+        if name == b"content-length":
+            lengths.append(value.strip())
+    if len(lengths) != 1 or not lengths[0].isdigit():
+        return None
+    return int(lengths[0])
 
-    def __init__(self, receive: Receive, has_body: bool) -> None:
+
+class _BodyTooLarge(Exception):
+    """The request body went past ``server.max_body_bytes``."""
+
+
+class _BodyMismatch(Exception):
+    """The body the server delivered does not match the length the gateway announced."""
+
+
+class _RequestBody:
+    """The client's body as an async iterator of chunks, read from ASGI ``receive``, counted
+    against ``limit`` (0 = none) and, when ``length`` is given, against that length."""
+
+    def __init__(self, receive: Receive, has_body: bool, *, limit: int = 0,
+                 length: int | None = None) -> None:
         self._receive = receive
         self.done = not has_body
+        self._limit = limit
+        self._length = length
+        self._prefix = bytearray()
+        self.read = 0
+        self.too_large = False
+
+    async def _next(self) -> bytes:
+        message = await self._receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        self.done = not message.get("more_body", False)
+        chunk: bytes = message.get("body", b"")
+        self.read += len(chunk)
+        if self._limit and self.read > self._limit:
+            self.too_large = True
+            raise _BodyTooLarge()
+        if self._length is not None and (
+                self.read > self._length or (self.done and self.read != self._length)):
+            raise _BodyMismatch()
+        return chunk
+
+    async def prefetch(self, size: int) -> bytes | None:
+        """Read up to ``size`` bytes ahead: the whole body if it is that small (then returned),
+        else None and what was read is sent first when the body streams."""
+        while not self.done and len(self._prefix) < size:
+            self._prefix += await self._next()
+        return bytes(self._prefix) if self.done else None
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
+        if self._prefix:
+            prefix, self._prefix = bytes(self._prefix), bytearray()
+            yield prefix
         while not self.done:
-            message = await self._receive()
-            if message["type"] == "http.disconnect":
-                raise ClientDisconnect()
-            self.done = not message.get("more_body", False)
-            chunk = message.get("body", b"")
+            chunk = await self._next()
             if chunk:
                 yield chunk
+
+
+async def _send_too_large(send: Send, own: list[tuple[bytes, bytes]], head: bool) -> None:
+    """413, and the connection closed: the rest of the body is not worth reading."""
+    await send_error(send, 413, "body_too_large", "The request body is too large.",
+                     [*own, (b"connection", b"close")], head=head)
 
 
 async def _wait_for_disconnect(receive: Receive) -> None:
@@ -200,16 +262,66 @@ async def _wait_for_disconnect(receive: Receive) -> None:
         pass
 
 
+class _ClientSlots:
+    """``upstream.max_connections_per_client``: how many upstream connections one client
+    address may hold. Past the bound a request waits, like for the pool itself, up to the
+    connect timeout for one of its own client's requests to finish: a burst of quick requests
+    from one client is served, a client holding its connections with slow uploads gets 429,
+    and nobody else waits for it. 0 = no bound."""
+
+    def __init__(self, bound: int) -> None:
+        self._bound = bound
+        # client -> (its slots, requests holding or waiting for one); dropped when unused.
+        self._clients: dict[str, tuple[asyncio.Semaphore, list[int]]] = {}
+
+    async def acquire(self, client: str, timeout: float) -> bool:
+        if not self._bound:
+            return True
+        entry = self._clients.get(client)
+        if entry is None:
+            entry = self._clients[client] = (asyncio.Semaphore(self._bound), [0])
+        slots, users = entry
+        users[0] += 1
+        if not slots.locked():
+            await slots.acquire()
+            return True
+        try:
+            await asyncio.wait_for(slots.acquire(), timeout)
+        except TimeoutError:
+            self._leave(client, users)
+            return False
+        except BaseException:  # cancelled while waiting: the client went away
+            self._leave(client, users)
+            raise
+        return True
+
+    def release(self, client: str) -> None:
+        if not self._bound:
+            return
+        slots, users = self._clients[client]
+        slots.release()
+        self._leave(client, users)
+
+    def _leave(self, client: str, users: list[int]) -> None:
+        users[0] -= 1
+        if not users[0]:
+            del self._clients[client]
+
+
 class Upstream:
     """The shared client toward the upstream app, and the forwarding of one request."""
 
-    def __init__(self, settings: UpstreamSettings) -> None:
+    def __init__(self, settings: UpstreamSettings, *, max_body_bytes: int = 0,
+                 trusted: TrustedProxies | None = None) -> None:
         parts = urlsplit(settings.url)
         self._origin = f"{parts.scheme}://{parts.netloc}"
         self._base_path = parts.path.rstrip("/")
         self._settings = settings
+        self._max_body_bytes = max_body_bytes
+        self._trusted = trusted or TrustedProxies(())
         self._session: aiohttp.ClientSession | None = None
         self._slots: asyncio.Semaphore | None = None
+        self._per_client = _ClientSlots(settings.max_connections_per_client)
 
     async def start(self) -> None:
         s = self._settings
@@ -250,6 +362,16 @@ class Upstream:
             return False
         return True
 
+    def _client(self, scope: Scope) -> str:
+        """The client address as the gateway computes it everywhere (trusted proxies)."""
+        peer = scope["client"][0] if scope.get("client") else ""
+        forwarded_for = None
+        for name, value in scope["headers"]:
+            if name == b"x-forwarded-for":
+                forwarded_for = value
+                break
+        return self._trusted.client_ip(peer, forwarded_for)
+
     async def forward(
         self,
         scope: Scope,
@@ -271,6 +393,55 @@ class Upstream:
         assert self._session is not None and self._slots is not None
         head = scope["method"] == "HEAD"
         own = [*extra_response_headers]
+        # Framing toward the upstream is the gateway's own (docs/limits.md): a body announced
+        # with one Content-Length is sent with that length, counted and cut off if it differs;
+        # any other body is read ahead up to one chunk and, if it ends there, sent with its
+        # exact length, else chunked.
+        length = declared_length(scope)
+        limit = self._max_body_bytes
+        if limit and length is not None and length > limit:
+            await _send_too_large(send, own, head)
+            return
+        body = _RequestBody(receive, _has_body(scope), limit=limit, length=length)
+        whole: bytes | None = None
+        if not body.done and (length is None or length <= _SMALL_BODY):
+            try:
+                whole = await body.prefetch(_SMALL_BODY)
+            except _BodyTooLarge:
+                await _send_too_large(send, own, head)
+                return
+            except (ClientDisconnect, _BodyMismatch):
+                return
+        client = self._client(scope)
+        if not await self._per_client.acquire(client, self._settings.connect_timeout_s):
+            await send_error(send, 429, "too_many_connections",
+                             "This client holds too many upstream connections; "
+                             "try again shortly.",
+                             [*own, (b"retry-after", b"1")], head=head)
+            return
+        try:
+            await self._forward_claimed(scope, receive, send, path=path, headers=headers,
+                                        own=own, body=body, whole=whole, length=length,
+                                        rewrite=rewrite)
+        finally:
+            self._per_client.release(client)
+
+    async def _forward_claimed(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        *,
+        path: str,
+        headers: Headers,
+        own: list[tuple[bytes, bytes]],
+        body: _RequestBody,
+        whole: bytes | None,
+        length: int | None,
+        rewrite: Rewrite | None,
+    ) -> None:
+        assert self._session is not None and self._slots is not None
+        head = scope["method"] == "HEAD"
         if not await self._acquire():
             await send_error(send, 503, "upstream_busy",
                              "The upstream connection pool is exhausted; try again shortly.",
@@ -284,25 +455,31 @@ class Upstream:
                                  "A request header holds bytes that are not UTF-8.", own,
                                  head=head)
                 return
-            body = _RequestBody(receive, _has_body(scope))
+            data: bytes | AsyncIterator[bytes] | None = whole
+            if whole is None and not body.done:
+                data = body.__aiter__()
+                if length is not None:
+                    outgoing["Content-Length"] = str(length)
             try:
                 response = await self._session.request(
                     scope["method"],
                     self.url(path, scope.get("query_string", b"")),
                     headers=outgoing,
-                    data=None if body.done else body.__aiter__(),
+                    data=data,
                     allow_redirects=False,
                     compress=None,
                 )
             except ClientDisconnect:
                 return
-            except aiohttp.SocketTimeoutError:
-                await send_error(send, 504, "upstream_timeout",
-                                 "The upstream did not answer in time.", own, head=head)
-                return
-            except (aiohttp.ClientError, OSError):
-                await send_error(send, 502, "upstream_unreachable",
-                                 "The upstream could not be reached.", own, head=head)
+            except (aiohttp.ClientError, OSError) as exc:
+                if body.too_large:
+                    await _send_too_large(send, own, head)
+                elif isinstance(exc, aiohttp.SocketTimeoutError):
+                    await send_error(send, 504, "upstream_timeout",
+                                     "The upstream did not answer in time.", own, head=head)
+                else:
+                    await send_error(send, 502, "upstream_unreachable",
+                                     "The upstream could not be reached.", own, head=head)
                 return
             except ValueError:  # aiohttp refuses a header with a control character
                 await send_error(send, 502, "upstream_request_invalid",

@@ -12,6 +12,7 @@ import dataclasses
 import ipaddress
 import math
 import os
+import re
 import tomllib
 import types
 import typing
@@ -29,6 +30,8 @@ SEND_STYLES = ("access_header", "refresh_body", "refresh_cookie")
 SAME_SITE = ("lax", "strict", "none")
 GUEST_MODES = ("backend", "local")
 STATE_BACKENDS = ("memory", "redis")
+_ALLOWED_HOST = re.compile(r"(\*\.)?[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*(:[0-9]{1,5})?"
+                           r"|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
 
 
 class SettingsError(Exception):
@@ -48,6 +51,21 @@ class ServerSettings:
     # Peers (IPs or CIDR networks) whose X-Forwarded-* headers are believed. Not in
     # CONTRACT.md §2 yet: without it, client copies are always replaced (the safe default).
     trusted_proxies: tuple[str, ...] = ()
+    # Limits on what one client may send (docs/limits.md). Head size and header count are
+    # checked by the app under any ASGI server; the timeouts, and refusing an oversized head
+    # before it is buffered, need the server: `gateway serve` enforces them.
+    max_head_bytes: int = 65_536
+    max_headers: int = 100
+    max_body_bytes: int = 104_857_600
+    head_timeout_s: float = 10.0
+    keepalive_timeout_s: float = 5.0
+    # Host header values accepted: a name or IP (any port unless one is given), or
+    # "*.example.com" for its subdomains; empty = any well-formed host. A malformed Host
+    # (userinfo, spaces, a path) is refused with 400 whatever this says.
+    allowed_hosts: tuple[str, ...] = ()
+    # A second listener for readiness and metrics (0 = none: they stay on the main port).
+    admin_port: int = 0
+    admin_host: str = "127.0.0.1"
 
 
 @dataclass(frozen=True)
@@ -56,6 +74,9 @@ class UpstreamSettings:
     connect_timeout_s: float = 5.0
     read_timeout_s: float = 30.0
     max_connections: int = 256
+    # Upstream connections one client address may hold at once; more wait up to
+    # connect_timeout_s for one of their own client's, then get 429 (0 = no bound).
+    max_connections_per_client: int = 64
 
 
 @dataclass(frozen=True)
@@ -441,6 +462,21 @@ def _check_server(s: Settings, problems: list[str]) -> None:
             ipaddress.ip_network(peer, strict=False)
         except ValueError:
             problems.append(f"server.trusted_proxies[{index}]: not an IP address or network")
+    _range(s.server.max_head_bytes, "server.max_head_bytes", problems, low=1024)
+    _range(s.server.max_headers, "server.max_headers", problems, low=1)
+    _range(s.server.max_body_bytes, "server.max_body_bytes", problems, low=0)
+    _range(s.server.head_timeout_s, "server.head_timeout_s", problems, low=0,
+           low_inclusive=False)
+    _range(s.server.keepalive_timeout_s, "server.keepalive_timeout_s", problems, low=0,
+           low_inclusive=False)
+    _range(s.server.admin_port, "server.admin_port", problems, low=0, high=65535)
+    if s.server.admin_port and s.server.admin_port == s.server.port:
+        problems.append("server.admin_port: must differ from server.port")
+    if not s.server.admin_host:
+        problems.append("server.admin_host: must be an address to listen on")
+    for index, host in enumerate(s.server.allowed_hosts):
+        if not _ALLOWED_HOST.fullmatch(host):
+            problems.append(f"server.allowed_hosts[{index}]: not a host name, *.domain or IP")
 
 
 def _check_upstream(s: Settings, problems: list[str]) -> None:
@@ -450,6 +486,8 @@ def _check_upstream(s: Settings, problems: list[str]) -> None:
     _range(s.upstream.read_timeout_s, "upstream.read_timeout_s", problems, low=0,
            low_inclusive=False)
     _range(s.upstream.max_connections, "upstream.max_connections", problems, low=1)
+    _range(s.upstream.max_connections_per_client, "upstream.max_connections_per_client",
+           problems, low=0)
 
 
 def _check_auth(s: Settings, problems: list[str]) -> None:
