@@ -9,7 +9,9 @@ const demo = {
       window.location.assign("/login?next=" + encodeURIComponent(location.pathname));
       throw new Error("logged out");
     }
-    return response.json();
+    const body = await response.json();
+    body.status = response.status;
+    return body;
   },
   async refreshes() {
     const response = await fetch("/api/demo/refreshes", {
