@@ -12,6 +12,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import httpx
 import pytest
 import pytest_asyncio
 
@@ -159,6 +160,7 @@ async def test_three_tabs_reloaded_at_expiry_share_one_refresh(
     for tab in tabs:
         await tab.wait_for_function("document.body.dataset.exp !== undefined")
     exp = float(await first.evaluate("document.body.dataset.exp"))
+    expired = {c["name"]: c["value"] for c in await context.cookies()}["userToken"]
     await _until_expired(exp)
     before = await _stats(stack)
     replies = await asyncio.gather(*(tab.reload() for tab in tabs))
@@ -170,6 +172,12 @@ async def test_three_tabs_reloaded_at_expiry_share_one_refresh(
     assert after["refresh_ok"] - before["refresh_ok"] == 1
     assert after["calls"]["refresh"] - before["calls"]["refresh"] == 1
     assert after["refresh_rejected"] == before["refresh_rejected"]
+    # Rotating + blacklisting: the credential that one refresh used is spent at the backend.
+    config = await asyncio.to_thread(httpx.get, stack.backend.control_url + "/__demo/config")
+    assert config.json()["rotate_refresh"] is True
+    reuse = await asyncio.to_thread(httpx.post, stack.backend.url + "/auth/refresh",
+                                    headers={"authorization": f"Bearer {expired}"})
+    assert reuse.status_code == 401
     # Each tab was rendered after that one refresh and shows the backend's count.
     for tab in tabs:
         assert await _text(tab, "#refresh-count") == str(after["refresh_ok"])
