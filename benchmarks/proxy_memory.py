@@ -189,7 +189,7 @@ def main() -> int:
                 stdout=glog, stderr=subprocess.STDOUT, env=env)
         try:
             url = f"http://127.0.0.1:{gateway_port}"
-            wait_ready(f"http://127.0.0.1:{backend_port}/__demo/stats", backend, backend_log)
+            wait_ready(f"http://127.0.0.1:{backend_port}/api/public/hello", backend, backend_log)
             wait_ready(url + "/__gateway/health", gateway, gateway_log)
             print(f"backend  pid {backend.pid} on :{backend_port}  (uvicorn, demo backend)")
             print(f"gateway  pid {gateway.pid} on :{gateway_port}  "

@@ -12,38 +12,66 @@ import httpx
 import pytest
 
 from gateway.app import Gateway, create_app
-from gateway.demo import BackendOptions, create_backend
+from gateway.demo import BackendOptions, create_backend, create_control
 from gateway.settings import settings_from_mapping
 from tests.servers import ServerThread
 
 
 class Backend:
-    """The reference backend under uvicorn, with its counters and fault switches."""
+    """The reference backend under uvicorn, with its counters and fault switches.
 
-    def __init__(self, server: ServerThread) -> None:
+    ``url`` is the app a gateway proxies to; ``control_url`` is its control API (``/__demo/*``)
+    on a listener of its own, which no gateway in front of ``url`` can reach."""
+
+    def __init__(self, server: ServerThread, control: ServerThread) -> None:
         self.server = server
+        self.control = control
         self.url = server.url
+        self.control_url = control.url
+
+    @classmethod
+    def start(cls, options: BackendOptions | None = None) -> Backend:
+        """A backend (app and control API) on two free ports; `stop` ends both."""
+        app = create_backend(options or BackendOptions())
+        # The backend sets Date itself, from its own clock (BackendOptions.clock_offset_s).
+        server = ServerThread(app, date_header=False).start()
+        try:
+            control = ServerThread(create_control(app.state.demo)).start()
+        except BaseException:
+            server.stop()
+            raise
+        return cls(server, control)
+
+    def stop(self) -> None:
+        self.control.stop()
+        self.server.stop()
+
+    def __enter__(self) -> Backend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
     def stats(self) -> dict[str, Any]:
-        data: dict[str, Any] = httpx.get(self.url + "/__demo/stats").json()
+        data: dict[str, Any] = httpx.get(self.control_url + "/__demo/stats").json()
         return data
 
     def calls(self, key: str) -> int:
         return int(self.stats()["calls"].get(key, 0))
 
     def reset(self) -> None:
-        httpx.post(self.url + "/__demo/reset").raise_for_status()
+        httpx.post(self.control_url + "/__demo/reset").raise_for_status()
 
     def fault(self, key: str, status: int, count: int = -1, delay_s: float = 0.0) -> None:
-        httpx.post(self.url + "/__demo/faults",
+        httpx.post(self.control_url + "/__demo/faults",
                    json={key: {"status": status, "count": count, "delay_s": delay_s}}
                    ).raise_for_status()
 
     def configure(self, **options: float) -> None:
-        httpx.post(self.url + "/__demo/config", json=options).raise_for_status()
+        httpx.post(self.control_url + "/__demo/config", json=options).raise_for_status()
 
     def token(self, user_id: int | str = 1, typ: str = "access", ttl_s: float = 900) -> str:
-        reply = httpx.post(self.url + "/__demo/token",
+        reply = httpx.post(self.control_url + "/__demo/token",
                            json={"user_id": user_id, "typ": typ, "ttl_s": ttl_s})
         reply.raise_for_status()
         return str(reply.json()["token"])
@@ -78,9 +106,8 @@ class RunningGateway:
 
 @pytest.fixture(scope="session")
 def backend() -> Iterator[Backend]:
-    server = ServerThread(create_backend(BackendOptions())).start()
-    yield Backend(server)
-    server.stop()
+    with Backend.start() as running:
+        yield running
 
 
 MakeGateway = Callable[..., RunningGateway]

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from gateway.demo.backend import (
+from gateway.demo.backend import create_backend
+from gateway.demo.control import create_control
+from gateway.demo.state import (
     DEMO_USERS,
     ENDPOINT_KEYS,
     BackendOptions,
     DemoState,
     DemoUser,
-    create_backend,
 )
 
 __all__ = [
@@ -18,4 +19,5 @@ __all__ = [
     "DemoState",
     "DemoUser",
     "create_backend",
+    "create_control",
 ]

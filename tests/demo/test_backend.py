@@ -19,7 +19,7 @@ import pytest
 import uvicorn
 from starlette.applications import Starlette
 
-from gateway.demo import DEMO_USERS, BackendOptions, DemoState, create_backend
+from gateway.demo import DEMO_USERS, BackendOptions, DemoState, create_backend, create_control
 
 DEMO = {"email": "demo@example.com", "password": "demo-password"}
 ADMIN = {"email": "admin@example.com", "password": "admin-password"}
@@ -29,6 +29,7 @@ ADMIN = {"email": "admin@example.com", "password": "admin-password"}
 class Running:
     app: Starlette
     url: str
+    control_url: str
 
     @property
     def state(self) -> DemoState:
@@ -76,8 +77,8 @@ class _Server:
 @pytest.fixture(scope="module")
 def backend() -> Iterator[Running]:
     app = create_backend()
-    with _Server(app) as url:
-        yield Running(app, url)
+    with _Server(app) as url, _Server(create_control(app.state.demo)) as control_url:
+        yield Running(app, url, control_url)
 
 
 @pytest.fixture
@@ -85,6 +86,13 @@ async def client(backend: Running) -> AsyncIterator[httpx.AsyncClient]:
     backend.state.reset()
     async with httpx.AsyncClient(base_url=backend.url, timeout=5, verify=False) as client:
         yield client
+
+
+@pytest.fixture
+async def control(backend: Running) -> AsyncIterator[httpx.AsyncClient]:
+    """The control API (``/__demo/*``), served on its own port."""
+    async with httpx.AsyncClient(base_url=backend.control_url, timeout=5) as control:
+        yield control
 
 
 def bearer(token: str, scheme: str = "Bearer") -> dict[str, str]:
@@ -98,15 +106,15 @@ async def login(client: httpx.AsyncClient, creds: dict[str, str] = DEMO) -> dict
     return data
 
 
-async def mint(client: httpx.AsyncClient, **claims: Any) -> str:
-    response = await client.post("/__demo/token", json=claims)
+async def mint(control: httpx.AsyncClient, **claims: Any) -> str:
+    response = await control.post("/__demo/token", json=claims)
     assert response.status_code == 200, response.text
     token: str = response.json()["token"]
     return token
 
 
-async def stats(client: httpx.AsyncClient) -> dict[str, Any]:
-    data: dict[str, Any] = (await client.get("/__demo/stats")).json()
+async def stats(control: httpx.AsyncClient) -> dict[str, Any]:
+    data: dict[str, Any] = (await control.get("/__demo/stats")).json()
     return data
 
 
@@ -136,9 +144,9 @@ async def test_next_login_and_me(client: httpx.AsyncClient, backend: Running) ->
     assert (await client.post("/auth/login", content=b"{not json")).status_code == 400
 
 
-async def test_next_me_rejects(client: httpx.AsyncClient) -> None:
+async def test_next_me_rejects(client: httpx.AsyncClient, control: httpx.AsyncClient) -> None:
     data = await login(client)
-    expired = await mint(client, user_id=1, typ="access", ttl_s=-10)
+    expired = await mint(control, user_id=1, typ="access", ttl_s=-10)
     for headers in (
         {},
         bearer("garbage"),
@@ -157,7 +165,8 @@ async def test_tokens_issued_together_differ(client: httpx.AsyncClient) -> None:
     assert first["refreshToken"] != second["refreshToken"]
 
 
-async def test_next_refresh_with_access_token_rotates(client: httpx.AsyncClient) -> None:
+async def test_next_refresh_with_access_token_rotates(
+        client: httpx.AsyncClient, control: httpx.AsyncClient) -> None:
     access = (await login(client))["accessToken"]
     response = await client.post("/auth/refresh", headers=bearer(access))
     assert response.status_code == 200
@@ -170,13 +179,13 @@ async def test_next_refresh_with_access_token_rotates(client: httpx.AsyncClient)
     assert reused.json()["success"] is False
 
     # An expired access token still refreshes within the refresh window...
-    expired = await mint(client, user_id=1, typ="access", ttl_s=-10)
+    expired = await mint(control, user_id=1, typ="access", ttl_s=-10)
     assert (await client.post("/auth/refresh", headers=bearer(expired))).status_code == 200
     # ...but not once it was issued longer than refresh_ttl_s ago.
-    ancient = await mint(client, user_id=1, typ="access", ttl_s=-10, age_s=8 * 24 * 3600)
+    ancient = await mint(control, user_id=1, typ="access", ttl_s=-10, age_s=8 * 24 * 3600)
     assert (await client.post("/auth/refresh", headers=bearer(ancient))).status_code == 401
 
-    assert {k: (await stats(client))[k] for k in ("refresh_ok", "refresh_rejected")} == {
+    assert {k: (await stats(control))[k] for k in ("refresh_ok", "refresh_rejected")} == {
         "refresh_ok": 2,
         "refresh_rejected": 2,
     }
@@ -196,8 +205,9 @@ async def test_next_refresh_with_refresh_token_body(client: httpx.AsyncClient) -
     assert (await client.post("/auth/refresh")).status_code == 401
 
 
-async def test_refresh_without_rotation_allows_reuse(client: httpx.AsyncClient) -> None:
-    config = await client.post("/__demo/config", json={"rotate_refresh": False})
+async def test_refresh_without_rotation_allows_reuse(
+        client: httpx.AsyncClient, control: httpx.AsyncClient) -> None:
+    config = await control.post("/__demo/config", json={"rotate_refresh": False})
     assert config.json()["rotate_refresh"] is False
     data = await login(client)
     for _ in range(2):
@@ -300,9 +310,10 @@ async def test_django_refresh_rotation_and_blacklist(client: httpx.AsyncClient) 
     assert again.json()["detail"] == "Token is blacklisted"
 
 
-async def test_django_open_endpoint_rejects_invalid_token(client: httpx.AsyncClient) -> None:
+async def test_django_open_endpoint_rejects_invalid_token(
+        client: httpx.AsyncClient, control: httpx.AsyncClient) -> None:
     access = (await client.post("/auth/jwt/create/", json=ADMIN)).json()["access"]
-    expired = await mint(client, user_id=1, typ="access", ttl_s=-1)
+    expired = await mint(control, user_id=1, typ="access", ttl_s=-1)
 
     open_anon = await client.get("/api/django/open/")
     assert open_anon.json() == {"open": True, "user_id": None}
@@ -364,12 +375,13 @@ async def test_express_logout_clears_and_revokes(client: httpx.AsyncClient) -> N
 # -- test control ----------------------------------------------------------------------------
 
 
-async def test_stats_count_every_call(client: httpx.AsyncClient, backend: Running) -> None:
+async def test_stats_count_every_call(
+        client: httpx.AsyncClient, backend: Running, control: httpx.AsyncClient) -> None:
     await client.get("/auth/me")
     await client.get("/auth/me", headers=bearer("x"))
     await client.post("/auth/jwt/refresh/", json={})
     await login(client)
-    data = await stats(client)
+    data = await stats(control)
     assert data["calls"]["me"] == 2
     assert data["calls"]["jwt_refresh"] == 1
     assert data["calls"]["login"] == 1
@@ -377,42 +389,43 @@ async def test_stats_count_every_call(client: httpx.AsyncClient, backend: Runnin
     assert data["refresh_rejected"] == 1
     assert backend.state.calls["me"] == 2
 
-    await client.post("/__demo/reset")
-    assert set((await stats(client))["calls"].values()) == {0}
+    await control.post("/__demo/reset")
+    assert set((await stats(control))["calls"].values()) == {0}
 
 
-async def test_faults(client: httpx.AsyncClient) -> None:
+async def test_faults(client: httpx.AsyncClient, control: httpx.AsyncClient) -> None:
     access = (await login(client))["accessToken"]
-    response = await client.post("/__demo/faults", json={"me": {"status": 503, "count": 2}})
+    response = await control.post("/__demo/faults", json={"me": {"status": 503, "count": 2}})
     assert response.status_code == 200
     statuses = [
         (await client.get("/auth/me", headers=bearer(access))).status_code for _ in range(3)
     ]
     assert statuses == [503, 503, 200]
-    assert (await stats(client))["calls"]["me"] == 3
+    assert (await stats(control))["calls"]["me"] == 3
 
-    await client.post("/__demo/faults", json={"hello": {"status": 500, "count": -1}})
+    await control.post("/__demo/faults", json={"hello": {"status": 500, "count": -1}})
     for _ in range(3):
         assert (await client.get("/api/public/hello")).status_code == 500
-    await client.post("/__demo/reset")
+    await control.post("/__demo/reset")
     assert (await client.get("/api/public/hello")).json() == {"hello": "world"}
 
-    await client.post("/__demo/faults", json={"hello": {"status": 0, "delay_s": 0.2}})
+    await control.post("/__demo/faults", json={"hello": {"status": 0, "delay_s": 0.2}})
     started = time.monotonic()
     assert (await client.get("/api/public/hello")).status_code == 200
     assert time.monotonic() - started >= 0.2
 
-    unknown = await client.post("/__demo/faults", json={"nope": {"status": 503}})
+    unknown = await control.post("/__demo/faults", json={"nope": {"status": 503}})
     assert unknown.status_code == 400
 
 
-async def test_config_changes_lifetimes(client: httpx.AsyncClient, backend: Running) -> None:
-    response = await client.post("/__demo/config", json={"access_ttl_s": 2})
+async def test_config_changes_lifetimes(
+        client: httpx.AsyncClient, backend: Running, control: httpx.AsyncClient) -> None:
+    response = await control.post("/__demo/config", json={"access_ttl_s": 2})
     assert response.json()["access_ttl_s"] == 2
     access = (await login(client))["accessToken"]
     claims = jwt.decode(access, backend.state.secret, algorithms=["HS256"])
     assert claims["exp"] - claims["iat"] == pytest.approx(2)
-    assert (await client.post("/__demo/config", json={"bogus": 1})).status_code == 400
+    assert (await control.post("/__demo/config", json={"bogus": 1})).status_code == 400
 
 
 # -- application endpoints and proxy helpers -------------------------------------------------

@@ -31,9 +31,8 @@ import httpx
 import jwt
 import pytest
 
-from gateway.demo import BackendOptions, create_backend
+from gateway.demo import BackendOptions
 from tests.conftest import Backend, MakeGateway, RunningGateway, StartGateway
-from tests.servers import serving
 from tests.test_guest import FORGERS, SECRET, SECRET_ENV, WRONG_SECRET, forged_sub
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -230,9 +229,9 @@ async def test_backend_mode_sends_service_credentials(
     config = BACKEND_MODE.replace('mode = "backend"',
                                   'mode = "backend"\nusername = "svc"\npassword_env = "GUEST_PW"')
     options = BackendOptions(guest_username="svc", guest_password="svc-password-42")
-    with serving(create_backend(options)) as own:
+    with Backend.start(options) as own:
         def guest_calls() -> int:
-            return int(httpx.get(own.url + "/__demo/stats").json()["calls"]["guest"])
+            return own.calls("guest")
 
         gateway = make_gateway(config, upstream=own.url)
         reply = await get(gateway, "/api/echo/a")

@@ -77,7 +77,7 @@ def fp(token: str) -> str:
 
 
 def mint(backend: Backend, typ: str = "access", ttl_s: float = 900) -> str:
-    reply = httpx.post(backend.url + "/__demo/token",
+    reply = httpx.post(backend.control_url + "/__demo/token",
                        json={"user_id": 1, "typ": typ, "ttl_s": ttl_s})
     reply.raise_for_status()
     return str(reply.json()["token"])

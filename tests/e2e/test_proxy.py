@@ -573,7 +573,7 @@ url = "http://127.0.0.1:{backend_port}"
 sink = "{tmp_path / 'audit.jsonl'}"
 """)
     backend = ServerProcess([sys.executable, "-c", BACKEND_PROCESS, str(backend_port)],
-                            backend_port, ready_path="/__demo/stats")
+                            backend_port, ready_path="/api/public/hello")
     gateway = ServerProcess(python_module("gateway", "serve", "--config", str(config),
                                           "--port", str(gateway_port)), gateway_port)
     await asyncio.to_thread(backend.start)

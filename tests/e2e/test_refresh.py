@@ -59,7 +59,7 @@ FAMILIES = [NEXT, DJANGO, EXPRESS]
 
 def mint(backend: Backend, typ: str = "access", ttl_s: float = 900, age_s: float = 0.0,
          user_id: int = 1) -> str:
-    reply = httpx.post(backend.url + "/__demo/token",
+    reply = httpx.post(backend.control_url + "/__demo/token",
                        json={"user_id": user_id, "typ": typ, "ttl_s": ttl_s, "age_s": age_s})
     reply.raise_for_status()
     return str(reply.json()["token"])
