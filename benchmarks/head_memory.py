@@ -106,7 +106,7 @@ def main() -> int:
         gateway = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--config",
                                     str(config)], env=env, stdout=subprocess.DEVNULL)
         try:
-            _wait_ready(f"http://127.0.0.1:{backend_port}/__demo/stats")
+            _wait_ready(f"http://127.0.0.1:{backend_port}/api/public/hello")
             _wait_ready(f"http://127.0.0.1:{port}/__gateway/health")
             process = psutil.Process(gateway.pid)
             baseline = process.memory_info().rss
