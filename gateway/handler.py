@@ -18,13 +18,14 @@ from gateway.proxy import TrustedProxies, Upstream, upstream_request_headers
 from gateway.responses import send_empty, send_error, send_redirect
 from gateway.routes import (
     Decision,
+    EncodedSeparator,
     InvalidPath,
     Route,
     Router,
     decide,
     is_browser_navigation,
     login_location,
-    normalize_path,
+    read_path,
     unauthenticated_answer,
 )
 from gateway.session import RequestInfo, Session, Sessions
@@ -174,6 +175,7 @@ class HTTPHandler:
         self._token_cookies = (settings.cookies.access.encode("latin-1"),
                                settings.cookies.guest.encode("latin-1"))
         self._login = settings.login
+        self._allow_encoded_slash = settings.server.allow_encoded_slash
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self._handle(scope, receive, send, self._upstream.forward)
@@ -198,7 +200,13 @@ class HTTPHandler:
         method: str = scope["method"]
         head = method == "HEAD"
         try:
-            path = normalize_path(_raw_path(scope))
+            path, decoded = read_path(_raw_path(scope),
+                                      allow_encoded_slash=self._allow_encoded_slash)
+        except EncodedSeparator:
+            await send_error(send, 400, "invalid_path",
+                             "An encoded slash or backslash (%2F, %5C) is not allowed in the "
+                             "path.", head=head)
+            return
         except InvalidPath:
             await send_error(send, 400, "invalid_path", "The request path is not acceptable.",
                              head=head)
@@ -225,7 +233,7 @@ class HTTPHandler:
             await self._upstream.forward(scope, receive, send, path=path, headers=forwarded,
                                          rewrite=self._login_capture.rewriter(info))
             return
-        route = self._router.match(method, path)
+        route = self._router.match(method, path, decoded)
         forwarded = upstream_request_headers(scope, client_ip=client_ip, request_id=request_id,
                                              trusted=self._trusted)
         if route.access == "public" and not any(n in _CREDENTIAL_HEADERS for n, _ in headers):

@@ -48,6 +48,9 @@ class ServerSettings:
     # Peers (IPs or CIDR networks) whose X-Forwarded-* headers are believed. Not in
     # CONTRACT.md §2 yet: without it, client copies are always replaced (the safe default).
     trusted_proxies: tuple[str, ...] = ()
+    # Paths holding %2F or %5C (also double-encoded): refused with 400 unless true; then
+    # routed as the stricter of their encoded and decoded readings (gateway/routes.py).
+    allow_encoded_slash: bool = False
 
 
 @dataclass(frozen=True)
