@@ -233,6 +233,20 @@ def test_any_route_table_is_never_looser(raw: str, method: str,
     assert_never_looser(routes, default, method, raw, allow_encoded_slash=allow)
 
 
+# Arbitrary strings over the characters that matter: escapes are formed (and malformed) at
+# random rather than picked from a list.
+raw_strings = st.text(alphabet="/%.;\\25FfCcEe0AaPpIidmnsu", min_size=1, max_size=30).map(
+    lambda text: "/" + text)
+
+
+@BOUNDED
+@given(raw=raw_strings, method=methods, table=route_tables(), allow=st.booleans())
+def test_any_string_is_never_looser(raw: str, method: str,
+                                    table: tuple[tuple[Route, ...], Route], allow: bool) -> None:
+    routes, default = table
+    assert_never_looser(routes, default, method, raw, allow_encoded_slash=allow)
+
+
 @BOUNDED
 @given(raw=paths)
 def test_every_encoded_separator_is_refused_by_default(raw: str) -> None:
