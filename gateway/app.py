@@ -9,11 +9,13 @@ from gateway.audit import AuditLog, sink_problem
 from gateway.authclient import AuthClient
 from gateway.cookies import CookiePolicy
 from gateway.cors import CorsPolicy
+from gateway.csrf import CsrfGuard
 from gateway.endpoints import Endpoints
 from gateway.guest import GuestIssuer, guest_secret
 from gateway.handler import HTTPHandler
 from gateway.login import LoginCapture, Logout
 from gateway.metrics import Metrics
+from gateway.owncookies import OwnCookies
 from gateway.proxy import TrustedProxies, Upstream
 from gateway.refresh import Refresher
 from gateway.routes import Router
@@ -32,8 +34,10 @@ class Gateway:
         self.settings = settings
         self.metrics = Metrics()
         self.audit = AuditLog(settings.audit.sink, on_event=self.metrics.event)
-        self.upstream = Upstream(settings.upstream, max_body_bytes=settings.server.max_body_bytes,
-                                 trusted=TrustedProxies(settings.server.trusted_proxies))
+        trusted = TrustedProxies(settings.server.trusted_proxies)
+        self.own_cookies = OwnCookies(settings)
+        self.upstream = Upstream(settings.upstream, self.own_cookies,
+                                 max_body_bytes=settings.server.max_body_bytes, trusted=trusted)
         self.websockets = WebSocketRelay(self.upstream)
         self.auth_client = AuthClient(settings)
         self.store = create_store(settings, self.audit)
@@ -47,7 +51,7 @@ class Gateway:
             endpoints=Endpoints(settings.server.reserved_prefix, client=self.auth_client,
                                 probe_path=settings.auth.validate.path, store=self.store,
                                 metrics=self.metrics, admin_port=settings.server.admin_port),
-            trusted=TrustedProxies(settings.server.trusted_proxies),
+            trusted=trusted,
             router=Router(settings.routes, settings.default_route),
             sessions=Sessions(settings, self.validator, self.refresher, self.guests,
                               self.cookies, self.audit),
@@ -57,6 +61,8 @@ class Gateway:
             audit=self.audit,
             count=self.metrics.response,
             websockets=self.websockets,
+            own_cookies=self.own_cookies,
+            csrf=CsrfGuard(settings, trusted),
             cors=CorsPolicy(settings.cors) if settings.cors is not None else None,
         )
         self.metrics.gauge("gateway_validation_cache_entries",

@@ -2,8 +2,8 @@
 
 With ``[cors]`` the gateway owns CORS: it answers preflights itself (they never need a token)
 and puts the CORS headers on every response to an allowed origin, its own 401/403/503 included,
-replacing any the upstream sent. Without ``[cors]`` nothing here runs and preflights are
-forwarded untouched.
+replacing any the upstream sent. Without ``[cors]`` preflights are forwarded to the app
+without the gateway's cookies, without ``Authorization`` and without a body.
 """
 
 from __future__ import annotations
@@ -15,9 +15,17 @@ _VARY = (b"vary", b"Origin")
 
 
 def is_preflight(method: str, headers: Headers) -> bool:
+    """``OPTIONS`` with ``Origin`` and ``Access-Control-Request-Method`` and no body. A
+    browser's preflight never has one: an ``OPTIONS`` with a body is a request like any
+    other, checked like one (else a "preflight" would carry a body past the session check)."""
     if method != "OPTIONS":
         return False
-    names = {name for name, _ in headers}
+    names = set()
+    for name, value in headers:
+        if name == b"transfer-encoding" or (name == b"content-length"
+                                            and value.strip() != b"0"):
+            return False
+        names.add(name)
     return b"origin" in names and b"access-control-request-method" in names
 
 

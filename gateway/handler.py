@@ -11,25 +11,29 @@ from urllib.parse import quote
 from gateway.audit import AuditLog
 from gateway.authclient import BackendUnavailable
 from gateway.cors import CorsPolicy, is_preflight, without_upstream_cors
+from gateway.csrf import SAFE_METHODS, CsrfGuard
 from gateway.endpoints import Endpoints
 from gateway.guest import GuestLimited
 from gateway.limits import RequestLimits
 from gateway.login import LoginCapture, Logout
+from gateway.owncookies import OwnCookies
 from gateway.proxy import TrustedProxies, Upstream, upstream_request_headers
 from gateway.responses import send_empty, send_error, send_redirect
 from gateway.routes import (
     Decision,
+    EncodedSeparator,
     InvalidPath,
     Route,
     Router,
     decide,
     is_browser_navigation,
     login_location,
-    normalize_path,
+    read_path,
     unauthenticated_answer,
 )
 from gateway.session import RequestInfo, Session, Sessions
 from gateway.settings import Settings
+from gateway.tokens import has_token_header, token_schemes
 from gateway.types import Headers, Message, Receive, Scope, Send
 from gateway.websocket import WebSocketRelay, as_handshake_answer
 
@@ -121,28 +125,6 @@ def identity_headers(session: Session, scheme: str) -> list[tuple[bytes, bytes]]
     return headers
 
 
-def _without_stale_tokens(headers: list[tuple[bytes, bytes]], names: tuple[bytes, ...],
-                          token: str | None) -> list[tuple[bytes, bytes]]:
-    """Drop the gateway's token cookies (access, guest) that do not hold the token being
-    forwarded: an invalid or replaced token is not sent on (3.3), in a cookie no more than
-    in ``Authorization``. Other cookies pass byte for byte."""
-    keep = token.encode("ascii") if token is not None else None
-    out: list[tuple[bytes, bytes]] = []
-    for name, value in headers:
-        if name == b"cookie" and any(n in value for n in names):
-            pieces = [p for p in value.split(b";") if not _stale(p, names, keep)]
-            if not pieces:
-                continue
-            value = b";".join(pieces).lstrip(b" ")
-        out.append((name, value))
-    return out
-
-
-def _stale(piece: bytes, names: tuple[bytes, ...], keep: bytes | None) -> bool:
-    name, _, value = piece.partition(b"=")
-    return name.strip() in names and value.strip() != keep
-
-
 class HTTPHandler:
     def __init__(
         self,
@@ -158,6 +140,8 @@ class HTTPHandler:
         audit: AuditLog,
         count: Callable[[int], None],
         websockets: WebSocketRelay,
+        own_cookies: OwnCookies,
+        csrf: CsrfGuard,
         cors: CorsPolicy | None = None,
     ) -> None:
         self._upstream = upstream
@@ -172,10 +156,12 @@ class HTTPHandler:
         self._login_capture = login
         self._logout = logout
         self._scheme = settings.auth.scheme
-        self._token_cookies = (settings.cookies.access.encode("latin-1"),
-                               settings.cookies.guest.encode("latin-1"))
+        self._schemes = token_schemes(settings.auth.scheme)
+        self._own_cookies = own_cookies
+        self._csrf = csrf
         self._login = settings.login
         self._limits = RequestLimits(settings.server)
+        self._allow_encoded_slash = settings.server.allow_encoded_slash
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self._handle(scope, receive, send, self._upstream.forward)
@@ -200,7 +186,13 @@ class HTTPHandler:
         method: str = scope["method"]
         head = method == "HEAD"
         try:
-            path = normalize_path(_raw_path(scope))
+            path, decoded = read_path(_raw_path(scope),
+                                      allow_encoded_slash=self._allow_encoded_slash)
+        except EncodedSeparator:
+            await send_error(send, 400, "invalid_path",
+                             "An encoded slash or backslash (%2F, %5C) is not allowed in the "
+                             "path.", head=head)
+            return
         except InvalidPath:
             await send_error(send, 400, "invalid_path", "The request path is not acceptable.",
                              head=head)
@@ -219,28 +211,37 @@ class HTTPHandler:
         if is_preflight(method, headers):  # never needs a token
             await self._preflight(scope, receive, send, path, origin, client_ip, request_id)
             return
+        info = RequestInfo(request_id, client_ip, method, path)
         if method == "POST" and path in (self._login_capture.path, self._logout.path):
-            info = RequestInfo(request_id, client_ip, method, path)
+            # Every login capture and logout is refused cross-site, cookie or not: a forged
+            # login puts the attacker's session in the victim's browser.
+            if await self._refused_cross_site(scope, send, info, head=head):
+                return
             if path == self._logout.path:
                 await self._logout.handle(headers, send, info)
                 return
             # The login endpoint is reachable without a session whatever the routes say, and
             # asked for an uncompressed reply: the gateway must read the tokens in it.
-            forwarded = [(k, v) for k, v in upstream_request_headers(
-                scope, client_ip=client_ip, request_id=request_id, trusted=self._trusted)
+            forwarded = [(k, v) for k, v in self._own_cookies.request_headers(
+                upstream_request_headers(scope, client_ip=client_ip, request_id=request_id,
+                                         trusted=self._trusted), path=path, token=None)
                 if k != b"accept-encoding"]
             forwarded.append((b"accept-encoding", b"identity"))
             await self._upstream.forward(scope, receive, send, path=path, headers=forwarded,
                                          rewrite=self._login_capture.rewriter(info))
             return
-        route = self._router.match(method, path)
+        route = self._router.match(method, path, decoded)
+        if ((method not in SAFE_METHODS or scope["type"] == "websocket")
+                and self._own_cookies.present(headers)
+                and not has_token_header(headers, self._schemes)
+                and await self._refused_cross_site(scope, send, info, head=head)):
+            return
         forwarded = upstream_request_headers(scope, client_ip=client_ip, request_id=request_id,
                                              trusted=self._trusted)
         if route.access == "public" and not any(n in _CREDENTIAL_HEADERS for n, _ in headers):
             await forward(scope, receive, send, path=path, headers=forwarded)
             return
 
-        info = RequestInfo(request_id, client_ip, method, path)
         session: Session | None = None  # kept when guest issuance fails: it may clear cookies
         try:
             session = await self._sessions.resolve(headers, info)
@@ -268,7 +269,8 @@ class HTTPHandler:
         decision = decide(route, identity.token_type if identity else None,
                           identity.roles if identity else ())
         if decision is Decision.ALLOW:
-            forwarded = _without_stale_tokens(forwarded, self._token_cookies, session.token)
+            forwarded = self._own_cookies.request_headers(forwarded, path=path,
+                                                          token=session.token)
             forwarded.extend(identity_headers(session, self._scheme))
             await forward(scope, receive, send, path=path, headers=forwarded,
                           extra_response_headers=session.response_headers)
@@ -286,8 +288,12 @@ class HTTPHandler:
     async def _preflight(self, scope: Scope, receive: Receive, send: Send, path: str,
                          origin: bytes | None, client_ip: str, request_id: str) -> None:
         if self._cors is None:
-            forwarded = upstream_request_headers(scope, client_ip=client_ip,
-                                                 request_id=request_id, trusted=self._trusted)
+            # Forwarded for the app to answer, but with no credential of any kind (and, being
+            # a preflight, no body): a token is never needed, so none is passed on.
+            forwarded = self._own_cookies.request_headers(
+                upstream_request_headers(scope, client_ip=client_ip, request_id=request_id,
+                                         trusted=self._trusted),
+                path=path, token=None, keep_none=True)
             await self._upstream.forward(scope, receive, send, path=path, headers=forwarded)
             return
         allowed = self._cors.preflight(origin, scope["headers"])
@@ -296,6 +302,28 @@ class HTTPHandler:
                              "This origin, method or header is not allowed.")
             return
         await send_empty(send, 204, allowed)
+
+    async def _refused_cross_site(self, scope: Scope, send: Send, info: RequestInfo, *,
+                                  head: bool) -> bool:
+        """Refuse (403 ``csrf``) a request the browser says comes from another site
+        (gateway/csrf.py); True when refused."""
+        if not self._csrf.enabled:
+            return False
+        reason = self._csrf.refusal(scope)
+        if reason is None:
+            return False
+        headers = scope["headers"]
+        origin = _header(headers, b"origin")
+        site = _header(headers, b"sec-fetch-site")
+        self._audit.emit("auth.csrf_refused", **info.fields(), outcome="refused",
+                         reason=reason,
+                         origin=origin.decode("latin-1")[:200] if origin is not None else None,
+                         sec_fetch_site=site.decode("latin-1")[:40] if site is not None else None,
+                         token_fp=self._sessions.fingerprint(headers))
+        await send_error(send, 403, "csrf",
+                         "Cross-site request refused: this request must come from the site "
+                         "itself.", head=head)
+        return True
 
     async def _unauthenticated(self, scope: Scope, send: Send, route: Route, session: Session,
                                info: RequestInfo, *, head: bool) -> None:

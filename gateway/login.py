@@ -20,7 +20,7 @@ from gateway.responses import send_empty, send_redirect
 from gateway.routes import is_browser_navigation
 from gateway.session import RequestInfo
 from gateway.settings import Settings
-from gateway.tokens import MalformedToken, find_token, is_token, request_cookies
+from gateway.tokens import MalformedToken, find_token, is_token, request_cookies, token_schemes
 from gateway.types import Headers, Send
 from gateway.validation import Validator
 
@@ -86,6 +86,7 @@ class Logout:
         self._backend_path = settings.auth.logout.backend_path or settings.auth.logout.path
         self._cookie_settings = settings.cookies
         self._scheme = settings.auth.scheme
+        self._schemes = token_schemes(settings.auth.scheme)
         self._client = client
         self._validator = validator
         self._refresher = refresher
@@ -95,7 +96,7 @@ class Logout:
     async def handle(self, headers: Headers, send: Send, info: RequestInfo) -> None:
         jar = request_cookies(headers)
         try:
-            found = find_token(headers, self._cookie_settings, jar)
+            found = find_token(headers, self._cookie_settings, jar, self._schemes)
         except MalformedToken:
             found = None
         access = found.value if found is not None and found.source != "guest_cookie" else None

@@ -19,6 +19,7 @@ import anyio
 from multidict import CIMultiDict
 from yarl import URL
 
+from gateway.owncookies import OwnCookies, without_set_cookies
 from gateway.responses import send_error
 from gateway.settings import UpstreamSettings
 from gateway.types import Headers, Receive, Scope, Send
@@ -160,8 +161,11 @@ def upstream_request_headers(
     return kept
 
 
-def response_headers(raw: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-    """Upstream response headers minus hop-by-hop ones; each ``Set-Cookie`` stays its own."""
+def response_headers(raw: Iterable[tuple[bytes, bytes]],
+                     drop_cookies: frozenset[bytes] = frozenset()) -> list[tuple[bytes, bytes]]:
+    """Upstream response headers minus hop-by-hop ones and any ``Set-Cookie`` of a name in
+    ``drop_cookies`` (the gateway's own: gateway/owncookies.py); each ``Set-Cookie`` stays
+    its own header."""
     raw = list(raw)
     listed = _connection_listed(raw)
     out: list[tuple[bytes, bytes]] = []
@@ -172,7 +176,7 @@ def response_headers(raw: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, by
         if lower == b"x-request-id":
             continue
         out.append((lower, value))
-    return out
+    return without_set_cookies(out, drop_cookies)
 
 
 def _has_body(scope: Scope) -> bool:
@@ -311,8 +315,9 @@ class _ClientSlots:
 class Upstream:
     """The shared client toward the upstream app, and the forwarding of one request."""
 
-    def __init__(self, settings: UpstreamSettings, *, max_body_bytes: int = 0,
-                 trusted: TrustedProxies | None = None) -> None:
+    def __init__(self, settings: UpstreamSettings, own_cookies: OwnCookies | None = None, *,
+                 max_body_bytes: int = 0, trusted: TrustedProxies | None = None) -> None:
+        self._own_cookies = own_cookies
         parts = urlsplit(settings.url)
         self._origin = f"{parts.scheme}://{parts.netloc}"
         self._base_path = parts.path.rstrip("/")
@@ -442,6 +447,8 @@ class Upstream:
     ) -> None:
         assert self._session is not None and self._slots is not None
         head = scope["method"] == "HEAD"
+        drop = (self._own_cookies.response_filter(path) if self._own_cookies is not None
+                else frozenset())
         if not await self._acquire():
             await send_error(send, 503, "upstream_busy",
                              "The upstream connection pool is exhausted; try again shortly.",
@@ -487,9 +494,9 @@ class Upstream:
                 return
             try:
                 if rewrite is not None and _rewritable(response):
-                    await self._relay_rewritten(response, send, own, rewrite)
+                    await self._relay_rewritten(response, send, own, rewrite, drop)
                 else:
-                    await self._relay(response, send, receive, body, own)
+                    await self._relay(response, send, receive, body, own, drop)
             finally:
                 response.close()
         finally:
@@ -502,8 +509,9 @@ class Upstream:
         receive: Receive,
         body: _RequestBody,
         own: list[tuple[bytes, bytes]],
+        drop: frozenset[bytes],
     ) -> None:
-        headers = response_headers(response.raw_headers)
+        headers = response_headers(response.raw_headers, drop)
         headers.extend(own)
         length = response.content_length
         if length is not None and length <= _SMALL_BODY:
@@ -543,6 +551,7 @@ class Upstream:
         send: Send,
         own: list[tuple[bytes, bytes]],
         rewrite: Rewrite,
+        drop: frozenset[bytes],
     ) -> None:
         buffer = bytearray()
         try:
@@ -550,7 +559,8 @@ class Upstream:
                 buffer += chunk
                 if len(buffer) > _REWRITE_LIMIT:  # too big to be a login reply: pass it on
                     await send({"type": "http.response.start", "status": response.status,
-                                "headers": [*response_headers(response.raw_headers), *own]})
+                                "headers": [*response_headers(response.raw_headers, drop),
+                                            *own]})
                     await send({"type": "http.response.body", "body": bytes(buffer),
                                 "more_body": True})
                     await self._pump(response, send)
@@ -563,7 +573,7 @@ class Upstream:
         encoding = response.headers.get("content-encoding", "identity").strip().lower()
         decoded = raw if encoding == "identity" else _decompressed(raw, encoding)
         added, payload = rewrite(response.status, decoded) if decoded is not None else ([], raw)
-        upstream_headers = response_headers(response.raw_headers)
+        upstream_headers = response_headers(response.raw_headers, drop)
         if not added:  # not a login reply with tokens: the upstream's bytes, untouched
             await send({"type": "http.response.start", "status": response.status,
                         "headers": [*upstream_headers, *own]})

@@ -75,6 +75,15 @@ a backend may fold case).  A route that lists ``GET`` also matches ``HEAD``:
 servers answer HEAD with the GET handler, so a rule protecting GET must
 protect HEAD too.  No other implicit aliases (``OPTIONS`` is not implied).
 
+Encoded separators (:func:`read_path`)
+--------------------------------------
+A route is decided on the path as the backend will read it, and backends differ: Starlette
+(uvicorn ``unquote``s the path), Django (``PATH_INFO`` is decoded) and an Express ``*``
+param (``decodeURIComponent``) read ``%2F`` as ``/``; others keep it as a character. So a
+path holding ``%2F`` or ``%5C`` (any case, also behind ``%25``: ``%252F``) is refused by
+default (:class:`EncodedSeparator`). With ``server.allow_encoded_slash = true`` it is let
+through unchanged, and routed as the stricter of its encoded and its decoded reading.
+
 Access (:func:`decide`)
 -----------------------
 ``public`` always allows; ``guest`` needs a guest or user token; anything
@@ -104,6 +113,7 @@ from urllib.parse import quote, unquote, urlsplit
 
 __all__ = [
     "Decision",
+    "EncodedSeparator",
     "InvalidGlob",
     "InvalidPath",
     "Route",
@@ -113,6 +123,7 @@ __all__ = [
     "is_browser_navigation",
     "login_location",
     "normalize_path",
+    "read_path",
     "safe_next",
     "unauthenticated_answer",
 ]
@@ -120,6 +131,11 @@ __all__ = [
 
 class InvalidPath(ValueError):
     """The request path can't be normalized safely; answer 400."""
+
+
+class EncodedSeparator(InvalidPath):
+    """The path holds an encoded slash or backslash, which ``server.allow_encoded_slash``
+    does not allow (answer 400)."""
 
 
 class InvalidGlob(ValueError):
@@ -218,6 +234,53 @@ def normalize_path(raw_path: bytes | str) -> str:
     if not stack:
         return "/"
     return "/" + "/".join(stack) + ("/" if trailing else "")
+
+
+# An escape that a decoding backend reads as a segment separator, in any case.
+_SEPARATOR_ESCAPE = re.compile(r"%(?:2[Ff]|5[Cc])")
+_PERCENT_ESCAPE = "%25"
+# Decoding rounds looked through; a path encoded deeper than this is refused outright.
+_MAX_SEPARATOR_ROUNDS = 8
+
+
+def has_encoded_separator(path: str) -> bool:
+    """Whether ``path`` holds ``%2F`` or ``%5C``, directly or behind any number of ``%25``
+    (``%252F``, ``%25252f``): a backend (or a hop in front of it) that decodes once, or
+    twice, reads a ``/`` there. Only ``%25`` can hide an escape, so only it is unwrapped."""
+    for _ in range(_MAX_SEPARATOR_ROUNDS):
+        if _SEPARATOR_ESCAPE.search(path):
+            return True
+        if _PERCENT_ESCAPE not in path:
+            return False
+        path = path.replace(_PERCENT_ESCAPE, "%")
+    return True  # encoded deeper than any real client does: fail closed
+
+
+def decoded_reading(path: str) -> str:
+    """The normalized path as a backend that decodes ``%2F`` and ``%5C`` into separators
+    before routing reads it (Starlette, Django, an Express ``*`` param), decoding ``%25``
+    again as often as it takes (double-decoding hops), then normalized again: the dot
+    segments and empty segments it now holds are resolved as that backend would."""
+    for _ in range(_MAX_SEPARATOR_ROUNDS):
+        decoded = _SEPARATOR_ESCAPE.sub("/", path).replace(_PERCENT_ESCAPE, "%")
+        if decoded == path:
+            return normalize_path(path)
+        path = decoded
+    raise InvalidPath("path is encoded too many times over")
+
+
+def read_path(raw_path: bytes | str, *, allow_encoded_slash: bool = False
+              ) -> tuple[str, str | None]:
+    """The normalized path (matched and forwarded) and, when it holds an encoded separator
+    that ``allow_encoded_slash`` lets through, its decoded reading, which the router must
+    also satisfy (:meth:`Router.match`). Raises :class:`EncodedSeparator` when such a path
+    is not allowed, :class:`InvalidPath` for any other unacceptable path."""
+    path = normalize_path(raw_path)
+    if not has_encoded_separator(path):
+        return path, None
+    if not allow_encoded_slash:
+        raise EncodedSeparator("encoded slash or backslash in path")
+    return path, decoded_reading(path)
 
 
 # --------------------------------------------------------------------------
@@ -386,13 +449,24 @@ class Router:
     def default(self) -> Route:
         return self._default
 
-    def match(self, method: str, normalized_path: str) -> Route:
+    def match(self, method: str, normalized_path: str, decoded: str | None = None) -> Route:
         """Return the first route matching the method and path, else the default.
 
         Backends differ on case and ``;params``: Express matches ``/api/Admin`` against its
         ``/api/admin`` handler, Tomcat serves ``/admin;x/stats`` as ``/admin/stats``. So the
         folded form of the path is matched too (against folded globs), and when it picks
-        another route the answer is a route that requires both."""
+        another route the answer is a route that requires both. ``decoded`` is the path's
+        decoded reading (:func:`read_path`), when it has one: it is matched the same way,
+        and a different route found for it is required as well (the stricter reading wins).
+        """
+        route = self._match(method, normalized_path)
+        if decoded is not None and decoded != normalized_path:
+            other = self._match(method, decoded)
+            if other is not route:
+                return _both(route, other)
+        return route
+
+    def _match(self, method: str, normalized_path: str) -> Route:
         method = method.upper()
         route = self._first(self._table, method, normalized_path)
         folded = _folded(normalized_path)

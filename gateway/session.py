@@ -15,7 +15,15 @@ from gateway.cookies import CookiePolicy
 from gateway.guest import GuestIssuer
 from gateway.refresh import Refresher
 from gateway.settings import Settings
-from gateway.tokens import FoundToken, MalformedToken, find_token, jwt_claims, request_cookies
+from gateway.tokens import (
+    CookieJar,
+    FoundToken,
+    MalformedToken,
+    find_token,
+    jwt_claims,
+    request_cookies,
+    token_schemes,
+)
 from gateway.types import Headers
 from gateway.validation import Identity, Validation, Validator
 
@@ -49,6 +57,7 @@ class Sessions:
     def __init__(self, settings: Settings, validator: Validator, refresher: Refresher,
                  guests: GuestIssuer, cookies: CookiePolicy, audit: AuditLog) -> None:
         self._cookie_settings = settings.cookies
+        self._schemes = token_schemes(settings.auth.scheme)
         self._validator = validator
         self._refresher = refresher
         self._guests = guests
@@ -79,7 +88,7 @@ class Sessions:
         jar = request_cookies(headers)
         reason = "no_token"
         try:
-            found = find_token(headers, self._cookie_settings, jar)
+            found = find_token(headers, self._cookie_settings, jar, self._schemes)
         except MalformedToken:
             found, reason = None, "malformed_token"
         current: Session | None = None
@@ -102,7 +111,7 @@ class Sessions:
             return await self._guest_cookie(jar, session, info)
         return session
 
-    async def _guest_cookie(self, jar: dict[str, str], session: Session, info: RequestInfo
+    async def _guest_cookie(self, jar: CookieJar, session: Session, info: RequestInfo
                             ) -> Session:
         """A dead user token shadows the guest cookie (3.1's order): once it is known to be
         dead, a valid guest cookie is still the visitor's, to be reused rather than replaced
@@ -119,12 +128,13 @@ class Sessions:
     def fingerprint(self, headers: Headers) -> str | None:
         """``token_fp`` of the request's token, for events raised before a session exists."""
         try:
-            found = find_token(headers, self._cookie_settings, request_cookies(headers))
+            found = find_token(headers, self._cookie_settings, request_cookies(headers),
+                               self._schemes)
         except MalformedToken:
             return None
         return token_fp(found.value) if found is not None else None
 
-    def _credential(self, found: FoundToken | None, jar: dict[str, str]) -> str | None:
+    def _credential(self, found: FoundToken | None, jar: CookieJar) -> str | None:
         if self._refresher.uses_refresh_token:
             return jar.get(self._cookie_settings.refresh) or None
         return found.value if found is not None and not self._is_guest(found) else None

@@ -66,6 +66,9 @@ class ServerSettings:
     # A second listener for readiness and metrics (0 = none: they stay on the main port).
     admin_port: int = 0
     admin_host: str = "127.0.0.1"
+    # Paths holding %2F or %5C (also double-encoded): refused with 400 unless true; then
+    # routed as the stricter of their encoded and decoded readings (gateway/routes.py).
+    allow_encoded_slash: bool = False
 
 
 @dataclass(frozen=True)
@@ -121,6 +124,9 @@ class AuthSettings:
     url: str = ""
     scheme: str = "Bearer"
     cache_ttl_s: float = 2.0
+    # How long a rejected token is remembered, so a flood of one bogus token costs one
+    # backend call; capped at cache_ttl_s (gateway/validation.py).
+    invalid_cache_ttl_s: float = 2.0
     cache_max_entries: int = 100_000
     retries: int = 2
     retry_backoff_s: float = 0.1
@@ -159,6 +165,9 @@ class CookieSettings:
     access_max_age_s: int = 604_800
     refresh_max_age_s: int = 604_800
     guest_max_age_s: int = 3600
+    # Keep the access cookie in the Cookie header sent upstream, for apps that read it
+    # (gateway/owncookies.py); the refresh and guest cookies are never forwarded.
+    forward_access: bool = False
 
 
 @dataclass(frozen=True)
@@ -198,6 +207,16 @@ class CorsSettings:
 
 
 @dataclass(frozen=True)
+class CsrfSettings:
+    """Cross-site request refusal (gateway/csrf.py). On by default."""
+
+    enabled: bool = True
+    # Origins accepted as the request's own, besides [cors] allow_origins: e.g. the public
+    # https origin when TLS ends at a proxy that is not in server.trusted_proxies.
+    trusted_origins: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class StateSettings:
     backend: str = "memory"
     redis_url: str = "redis://127.0.0.1:6379/0"
@@ -219,6 +238,7 @@ class Settings:
     )
     audit: AuditSettings = field(default_factory=AuditSettings)
     cors: CorsSettings | None = None
+    csrf: CsrfSettings = field(default_factory=CsrfSettings)
     state: StateSettings = field(default_factory=StateSettings)
 
     @property
@@ -442,7 +462,7 @@ def _dotted(value: str, name: str, problems: list[str], *, allow_empty: bool) ->
 def _check(s: Settings, problems: list[str]) -> None:
     checks: list[Callable[[Settings, list[str]], None]] = [
         _check_server, _check_upstream, _check_auth, _check_guest, _check_cookies,
-        _check_login, _check_cors, _check_state,
+        _check_login, _check_cors, _check_csrf, _check_state,
     ]
     for check in checks:
         check(s, problems)
@@ -495,6 +515,7 @@ def _check_auth(s: Settings, problems: list[str]) -> None:
     _http_url(a.url, "auth.url", problems, allow_empty=True)
     _token_name(a.scheme, "auth.scheme", problems)
     _range(a.cache_ttl_s, "auth.cache_ttl_s", problems, low=0)
+    _range(a.invalid_cache_ttl_s, "auth.invalid_cache_ttl_s", problems, low=0)
     _range(a.cache_max_entries, "auth.cache_max_entries", problems, low=1)
     _range(a.retries, "auth.retries", problems, low=0, high=10)
     _range(a.retry_backoff_s, "auth.retry_backoff_s", problems, low=0)
@@ -573,12 +594,7 @@ def _check_cors(s: Settings, problems: list[str]) -> None:
             if c.allow_credentials:
                 problems.append(f'{name}: "*" is not allowed with allow_credentials = true')
             continue
-        parts = _split(origin, name, problems)
-        if parts is None:
-            continue
-        if (parts.scheme not in ("http", "https") or not parts.hostname
-                or parts.path or parts.query or parts.fragment):
-            problems.append(f"{name}: must be an origin such as https://app.example.com")
+        _origin(origin, name, problems)
     for index, method in enumerate(c.allow_methods):
         if not method.isalpha():
             problems.append(f"cors.allow_methods[{index}]: not an HTTP method")
@@ -586,6 +602,20 @@ def _check_cors(s: Settings, problems: list[str]) -> None:
         for index, header in enumerate(getattr(c, key)):
             _token_name(header, f"cors.{key}[{index}]", problems)
     _range(c.max_age_s, "cors.max_age_s", problems, low=0)
+
+
+def _origin(origin: str, name: str, problems: list[str]) -> None:
+    parts = _split(origin, name, problems)
+    if parts is None:
+        return
+    if (parts.scheme not in ("http", "https") or not parts.hostname
+            or parts.path or parts.query or parts.fragment):
+        problems.append(f"{name}: must be an origin such as https://app.example.com")
+
+
+def _check_csrf(s: Settings, problems: list[str]) -> None:
+    for index, origin in enumerate(s.csrf.trusted_origins):
+        _origin(origin, f"csrf.trusted_origins[{index}]", problems)
 
 
 def _check_state(s: Settings, problems: list[str]) -> None:

@@ -8,6 +8,7 @@ import hashlib
 import json
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, TypeGuard
 
@@ -53,10 +54,16 @@ def _check(token: str) -> str:
     return token
 
 
-def parse_cookies(header: bytes) -> dict[str, str]:
-    """``Cookie`` header -> dict; pairs that do not parse are skipped (they may belong to
-    another app on the same domain), the first occurrence of a name wins."""
-    cookies: dict[str, str] = {}
+class CookieJar(dict[str, str]):
+    """A request's cookies by name. A name sent twice with different values is left out and
+    listed in ``conflicts``: which copy is the real one cannot be told (a sibling subdomain
+    can add a second ``userToken`` that the browser sends first), so neither is believed."""
+
+    conflicts: frozenset[str] = frozenset()
+
+
+def _pairs(header: bytes) -> list[tuple[str, str]]:
+    pairs = []
     for part in header.split(b";"):
         name, sep, value = part.partition(b"=")
         if not sep:
@@ -68,26 +75,67 @@ def parse_cookies(header: bytes) -> dict[str, str]:
             continue
         if len(val) >= 2 and val[0] == val[-1] == '"':
             val = val[1:-1]
+        pairs.append((key, val))
+    return pairs
+
+
+def parse_cookies(header: bytes) -> dict[str, str]:
+    """``Cookie`` header -> dict; pairs that do not parse are skipped (they may belong to
+    another app on the same domain), the first occurrence of a name wins."""
+    cookies: dict[str, str] = {}
+    for key, val in _pairs(header):
         cookies.setdefault(key, val)
     return cookies
 
 
-def request_cookies(headers: Headers) -> dict[str, str]:
-    cookies: dict[str, str] = {}
+def request_cookies(headers: Headers) -> CookieJar:
+    """Every ``Cookie`` header of the request; a name with two different values is a
+    conflict (:class:`CookieJar`), the same value twice is just that value."""
+    jar = CookieJar()
+    conflicts: set[str] = set()
     for name, value in headers:
         if name == b"cookie":
-            for key, val in parse_cookies(value).items():
-                cookies.setdefault(key, val)
-    return cookies
+            for key, val in _pairs(value):
+                if jar.setdefault(key, val) != val:
+                    conflicts.add(key)
+    for key in conflicts:
+        del jar[key]
+    jar.conflicts = frozenset(conflicts)
+    return jar
+
+
+def token_schemes(scheme: str) -> frozenset[str]:
+    """The ``Authorization`` schemes that carry a token: the configured one and Bearer."""
+    return frozenset({"bearer", scheme.lower()})
+
+
+_BEARER_ONLY = token_schemes("Bearer")
+
+
+def has_token_header(headers: Headers, schemes: frozenset[str]) -> bool:
+    """Whether an ``Authorization`` header uses a token scheme: then the token comes from
+    there, never from a cookie (:func:`find_token`)."""
+    for name, value in headers:
+        if name == b"authorization":
+            scheme = value.strip().partition(b" ")[0].decode("latin-1").lower()
+            if scheme in schemes:
+                return True
+    return False
 
 
 def find_token(
-    headers: Headers, cookies: CookieSettings, jar: dict[str, str] | None = None
+    headers: Headers, cookies: CookieSettings, jar: Mapping[str, str] | None = None,
+    schemes: frozenset[str] = _BEARER_ONLY,
 ) -> FoundToken | None:
-    """Authorization (any scheme), then the access cookie, then the guest cookie.
+    """Authorization with a token scheme (``schemes``: :func:`token_schemes`), then the
+    access cookie, then the guest cookie.
 
-    ``jar`` is the request's parsed cookies, if the caller has them already. Raises
-    :class:`MalformedToken` when the credential found first is not a token."""
+    Another scheme (``Basic``, ``Digest``, ``Negotiate``...) is not a token and not a
+    credential of the gateway's: it is skipped, never sent to the validate endpoint (a
+    browser also attaches cached Basic credentials to cross-site requests). ``jar`` is the
+    request's parsed cookies, if the caller has them already. Raises :class:`MalformedToken`
+    when the credential found first is not a token, and when the access or guest cookie is
+    sent twice with different values."""
     for name, value in headers:
         if name == b"authorization":
             try:
@@ -95,11 +143,18 @@ def find_token(
             except UnicodeDecodeError:
                 raise MalformedToken("authorization header is not ASCII") from None
             scheme, _, token = text.strip().partition(" ")
-            if not scheme or not token.strip():
+            if not scheme:
+                raise MalformedToken("authorization header needs '<scheme> <token>'")
+            if scheme.lower() not in schemes:
+                continue
+            if not token.strip():
                 raise MalformedToken("authorization header needs '<scheme> <token>'")
             return FoundToken(_check(token.strip()), "header")
     if jar is None:
         jar = request_cookies(headers)
+    conflicts: frozenset[str] = getattr(jar, "conflicts", frozenset())
+    if cookies.access in conflicts or cookies.guest in conflicts:
+        raise MalformedToken("session cookie sent twice with different values")
     access = jar.get(cookies.access)
     if access:
         refresh = jar.get(cookies.refresh) or None

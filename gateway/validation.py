@@ -24,6 +24,9 @@ from gateway.tokens import FoundToken, claims_exp, jwt_claims, token_key
 TokenType = Literal["user", "guest"]
 CacheState = Literal["hit", "miss", "merged"]
 _CACHE = b"validated:"
+# Stored under the same key as a validation when the backend said the token is not valid
+# (no JSON user can pack to this).
+_REJECTED = b"!"
 GUEST_MARK = b"guest-issued:"  # tokens the gateway obtained as guest tokens: never users
 
 
@@ -87,7 +90,7 @@ def _pack(identity: Identity | None, expires: float) -> bytes:
 
 
 def _unpack(data: bytes) -> tuple[Identity | None, float]:
-    if not data:
+    if not data or data == _REJECTED:
         return None, math.inf
     fields = json.loads(data)
     until = fields.get("until")
@@ -109,6 +112,9 @@ class Validator:
         self._scheme = auth.scheme
         self._skew = auth.refresh.clock_skew_s
         self._ttl = auth.cache_ttl_s
+        # A rejected token is remembered too, never longer than a valid one: 20,000 requests
+        # with one bogus token cost one backend call, not 20,000.
+        self._rejected_ttl = min(auth.invalid_cache_ttl_s, auth.cache_ttl_s)
         self._flights = SharedFlight(store, b"validate")
 
     @property
@@ -155,8 +161,10 @@ class Validator:
     async def _ask_backend(self, token: str, key: bytes, guest: bool, expires: float) -> bytes:
         reply = await self._client.call(
             self._method, self._path, headers={"authorization": f"{self._scheme} {token}"})
-        if reply.status in (401, 403):
-            return b""  # the token is not valid
+        if reply.status in (401, 403):  # the token is not valid
+            if self._rejected_ttl > 0:
+                await self._store.set(_CACHE + key, _REJECTED, self._rejected_ttl)
+            return b""
         if not reply.ok:  # 404, 429, ...: no verdict on the token
             raise BackendUnavailable("backend_error", f"validate answered {reply.status}")
         if reply.body is None:
@@ -171,4 +179,6 @@ class Validator:
         packed = _pack(identity, expires)
         if identity is not None and self._ttl > 0:
             await self._store.set(_CACHE + key, packed, self._ttl)
+        elif identity is None and self._rejected_ttl > 0:
+            await self._store.set(_CACHE + key, _REJECTED, self._rejected_ttl)
         return packed
