@@ -177,6 +177,15 @@ class CorsSettings:
 
 
 @dataclass(frozen=True)
+class ForwardAuthSettings:
+    """``<reserved_prefix>/auth`` for a proxy in front (docs/forward-auth.md)."""
+
+    enabled: bool = False
+    # Peers (IPs or CIDR networks) allowed to ask; anyone else gets 404.
+    trusted: tuple[str, ...] = ("127.0.0.1/32", "::1/128")
+
+
+@dataclass(frozen=True)
 class StateSettings:
     backend: str = "memory"
     redis_url: str = "redis://127.0.0.1:6379/0"
@@ -198,6 +207,7 @@ class Settings:
     )
     audit: AuditSettings = field(default_factory=AuditSettings)
     cors: CorsSettings | None = None
+    forward_auth: ForwardAuthSettings = field(default_factory=ForwardAuthSettings)
     state: StateSettings = field(default_factory=StateSettings)
 
     @property
@@ -421,7 +431,7 @@ def _dotted(value: str, name: str, problems: list[str], *, allow_empty: bool) ->
 def _check(s: Settings, problems: list[str]) -> None:
     checks: list[Callable[[Settings, list[str]], None]] = [
         _check_server, _check_upstream, _check_auth, _check_guest, _check_cookies,
-        _check_login, _check_cors, _check_state,
+        _check_login, _check_cors, _check_forward_auth, _check_state,
     ]
     for check in checks:
         check(s, problems)
@@ -548,6 +558,14 @@ def _check_cors(s: Settings, problems: list[str]) -> None:
         for index, header in enumerate(getattr(c, key)):
             _token_name(header, f"cors.{key}[{index}]", problems)
     _range(c.max_age_s, "cors.max_age_s", problems, low=0)
+
+
+def _check_forward_auth(s: Settings, problems: list[str]) -> None:
+    for index, peer in enumerate(s.forward_auth.trusted):
+        try:
+            ipaddress.ip_network(peer, strict=False)
+        except ValueError:
+            problems.append(f"forward_auth.trusted[{index}]: not an IP address or CIDR network")
 
 
 def _check_state(s: Settings, problems: list[str]) -> None:
