@@ -141,7 +141,7 @@ def caddy(workdir: Path, *, gateway_url: str, app_url: str) -> ProxyProcess:
     site = templated("Caddyfile", proxy_port=port, gateway_url=gateway_url, app_url=app_url,
                      workdir=workdir)
     (workdir / "Caddyfile").write_text(
-        "{\n\tadmin off\n\tauto_https off\n\tpersist_config off\n}\n\n" + site)
+        "{\n\tadmin off\n\tauto_https off\n}\n\n" + site)
     env = {"HOME": str(workdir), "XDG_DATA_HOME": str(workdir / "data"),
            "XDG_CONFIG_HOME": str(workdir / "config")}
     return ProxyProcess([binary, "run", "--adapter", "caddyfile", "--config",
