@@ -49,9 +49,11 @@ def _hostport(url: str) -> str:
 
 
 def templated(name: str, *, proxy_port: int, gateway_url: str, app_url: str,
-              workdir: Path) -> str:
-    text = (CONFIGS / name).read_text()
-    for example in (EXAMPLE_PROXY, EXAMPLE_GATEWAY, EXAMPLE_APP):
+              workdir: Path, text: str | None = None) -> str:
+    """``config/forward-auth/<name>`` (or ``text`` written the same way) with its example
+    addresses and cache directory replaced."""
+    text = text if text is not None else (CONFIGS / name).read_text()
+    for example in (EXAMPLE_PROXY, EXAMPLE_APP):
         assert example in text, f"{name} no longer has {example}"
     return (text.replace(EXAMPLE_PROXY, f"127.0.0.1:{proxy_port}")
             .replace(EXAMPLE_GATEWAY, _hostport(gateway_url))
@@ -109,14 +111,13 @@ class ProxyProcess:
 
 
 def nginx(workdir: Path, *, gateway_url: str, app_url: str, workers: int = 1,
-          cache: bool = True, conf: str | None = None) -> ProxyProcess:
-    """nginx with ``config/forward-auth/nginx.conf`` (or ``conf``, already templated) inside
-    a minimal main config that keeps every file in ``workdir``."""
+          cache: bool = True, site_text: str | None = None) -> ProxyProcess:
+    """nginx with ``config/forward-auth/nginx.conf`` (or ``site_text``, written with the same
+    example addresses) inside a minimal main config that keeps every file in ``workdir``."""
     binary = shutil.which("nginx") or "/usr/sbin/nginx"
     port = free_port()
-    site = conf if conf is not None else templated(
-        "nginx.conf", proxy_port=port, gateway_url=gateway_url, app_url=app_url,
-        workdir=workdir)
+    site = templated("nginx.conf", proxy_port=port, gateway_url=gateway_url, app_url=app_url,
+                     workdir=workdir, text=site_text)
     if not cache:
         site = "\n".join(line for line in site.splitlines()
                          if not line.strip().startswith(("proxy_cache", "max_size=")))
