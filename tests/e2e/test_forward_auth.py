@@ -240,3 +240,24 @@ def test_defaults_are_off_and_loopback_only() -> None:
     settings = settings_from_mapping({"upstream": {"url": "http://127.0.0.1:1"}})
     assert settings.forward_auth.enabled is False
     assert settings.forward_auth.trusted == ("127.0.0.1/32", "::1/128")
+
+
+def test_client_address_comes_from_the_trusted_proxys_forwarded_for(
+        gateway: RunningGateway, backend: Backend) -> None:
+    token = backend.token(user_id=1)
+    reply = ask(gateway, nginx_style("GET", "/api/items", cookie=cookie(userToken=token),
+                                     **{"x-forwarded-for": "198.51.100.4, 203.0.113.9"}))
+    assert reply.status_code == 200
+    assert gateway.events("auth.validated")[-1]["client_ip"] == "203.0.113.9"
+
+
+def test_preflight_is_allowed_without_a_token(gateway: RunningGateway, backend: Backend
+                                              ) -> None:
+    reply = ask(gateway, nginx_style("OPTIONS", "/api/private", origin="https://app.example",
+                                     **{"access-control-request-method": "DELETE"}))
+    assert reply.status_code == 200
+    assert "x-auth-user-id" not in reply.headers
+    assert backend.calls("me") == 0
+    # Not a preflight (no Access-Control-Request-Method): checked like any request.
+    plain = ask(gateway, nginx_style("OPTIONS", "/api/private", origin="https://app.example"))
+    assert plain.status_code == 401
