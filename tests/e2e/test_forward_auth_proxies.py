@@ -151,6 +151,19 @@ def test_expired_session_is_refreshed_and_the_browser_gets_the_new_cookies(
     assert backend.calls("refresh") == 1
 
 
+def test_spa_with_an_expired_bearer_token_learns_the_refreshed_one(
+        start_proxy: StartProxy, gateway: RunningGateway, backend: Backend) -> None:
+    proxy = start_proxy(gateway)
+    expired = backend.token(user_id=1, ttl_s=-60)
+    reply = get(proxy, "/api/echo", authorization=f"Bearer {expired}")
+    seen = echoed(reply)
+    new = reply.headers["x-refreshed-token"]
+    assert new != expired
+    assert seen["authorization"] == [f"Bearer {new}"]
+    assert new_cookies(reply)["userToken"] == new
+    assert backend.calls("refresh") == 1
+
+
 def test_navigation_without_session_goes_to_login_and_xhr_gets_401_json(
         start_proxy: StartProxy, gateway: RunningGateway, backend: Backend) -> None:
     proxy = start_proxy(gateway)
