@@ -12,6 +12,7 @@ import json
 import httpx
 import pytest
 
+from gateway.cli import summary
 from gateway.settings import SettingsError, settings_from_mapping
 from tests.conftest import Backend, RunningGateway, StartGateway
 from tests.helpers.forward_auth import forward_auth_gateway
@@ -261,3 +262,12 @@ def test_preflight_is_allowed_without_a_token(gateway: RunningGateway, backend: 
     # Not a preflight (no Access-Control-Request-Method): checked like any request.
     plain = ask(gateway, nginx_style("OPTIONS", "/api/private", origin="https://app.example"))
     assert plain.status_code == 401
+
+
+def test_gateway_check_summary_names_the_endpoint_and_who_may_ask() -> None:
+    settings = settings_from_mapping({"upstream": {"url": "http://127.0.0.1:1"},
+                                      "forward_auth": {"enabled": True,
+                                                       "trusted": ["10.0.0.0/8"]}})
+    assert "forward-auth: /__gateway/auth (trusted: 10.0.0.0/8)" in summary(settings).splitlines()
+    off = settings_from_mapping({"upstream": {"url": "http://127.0.0.1:1"}})
+    assert "forward-auth" not in summary(off)
