@@ -296,3 +296,16 @@ def test_a_client_cannot_name_another_request_to_check(
     reply = get(proxy, "/api/echo", **spoofed)
     assert reply.status_code == 401
     assert backend.calls("echo") == 0
+
+
+def test_public_route_passes_neither_client_identity_headers_nor_an_invalid_token(
+        start_proxy: StartProxy, start: StartGateway, backend: Backend) -> None:
+    gateway = forward_auth_gateway(start, routes=[{"match": "/api/echo/open",
+                                                   "access": "public"}])
+    proxy = start_proxy(gateway)
+    seen = echoed(get(proxy, "/api/echo/open", authorization="Bearer not-a-valid-token",
+                      **{"x-auth-user-id": "99", "x-auth-token-type": "user",
+                         "x-auth-user": "e30", "x-refreshed-token": "forged"}))
+    assert not [name for name in seen if name.startswith("x-auth-")], seen
+    assert "x-refreshed-token" not in seen
+    assert "authorization" not in seen  # an invalid token is not passed on (as in proxy mode)

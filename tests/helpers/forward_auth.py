@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,8 @@ EXAMPLE_CACHE = "/var/cache/nginx/gateway-auth"
 
 
 def forward_auth_gateway(start: StartGateway, *, trusted: list[str] | None = None,
-                         overrides: dict[str, Any] | None = None) -> RunningGateway:
+                         overrides: dict[str, Any] | None = None,
+                         routes: Sequence[dict[str, Any]] = ()) -> RunningGateway:
     """The next-api-layer preset (the reference backend's first family) with forward-auth on;
     nginx/Caddy talk to it from 127.0.0.1, which is also trusted for X-Forwarded-For."""
     forward: dict[str, Any] = {"enabled": True}
@@ -41,7 +43,7 @@ def forward_auth_gateway(start: StartGateway, *, trusted: list[str] | None = Non
                                "server": {"trusted_proxies": ["127.0.0.1/32"]}}
     for key, value in (overrides or {}).items():
         changes[key] = {**changes.get(key, {}), **value} if isinstance(value, dict) else value
-    return start("next-api-layer", changes)
+    return start("next-api-layer", changes, routes)
 
 
 def _hostport(url: str) -> str:
