@@ -11,6 +11,7 @@ from gateway.cookies import CookiePolicy
 from gateway.cors import CorsPolicy
 from gateway.csrf import CsrfGuard
 from gateway.endpoints import Endpoints
+from gateway.forward_auth import ForwardAuth
 from gateway.guest import GuestIssuer, guest_secret
 from gateway.handler import HTTPHandler
 from gateway.login import LoginCapture, Logout
@@ -45,6 +46,7 @@ class Gateway:
         self.refresher = Refresher(settings, self.auth_client, self.validator, self.store)
         self.cookies = CookiePolicy(settings.cookies)
         self.guests = GuestIssuer(settings, self.auth_client, self.store)
+        router = Router(settings.routes, settings.default_route)
         self.http = HTTPHandler(
             settings,
             upstream=self.upstream,
@@ -52,7 +54,7 @@ class Gateway:
                                 probe_path=settings.auth.validate.path, store=self.store,
                                 metrics=self.metrics, admin_port=settings.server.admin_port),
             trusted=trusted,
-            router=Router(settings.routes, settings.default_route),
+            router=router,
             sessions=Sessions(settings, self.validator, self.refresher, self.guests,
                               self.cookies, self.audit),
             login=LoginCapture(settings, self.cookies, self.audit),
@@ -65,6 +67,9 @@ class Gateway:
             csrf=CsrfGuard(settings, trusted),
             cors=CorsPolicy(settings.cors) if settings.cors is not None else None,
         )
+        self.forward_auth = (ForwardAuth(settings, handler=self.http, router=router,
+                                         count=self.metrics.response)
+                             if settings.forward_auth.enabled else None)
         self.metrics.gauge("gateway_validation_cache_entries",
                            "Validations held in this process's cache",
                            lambda: float(self.validator.cache_size))
@@ -95,6 +100,9 @@ class Gateway:
         if scope["type"] == "http":
             if not self._started:  # a server that does not speak lifespan
                 await self.startup()
+            if self.forward_auth is not None and self.forward_auth.owns(scope):
+                await self.forward_auth(scope, receive, send)
+                return
             await self.http(scope, receive, send)
         elif scope["type"] == "websocket":
             if not self._started:

@@ -73,6 +73,9 @@ def summary(settings: Settings) -> str:
         lines.append(f"  logout:   POST {a.logout.path}")
     if settings.guest.enabled:
         lines.append(f"guest: {settings.guest.mode} mode")
+    if settings.forward_auth.enabled:
+        lines.append(f"forward-auth: {settings.server.reserved_prefix}/auth "
+                     f"(trusted: {', '.join(settings.forward_auth.trusted) or 'nobody'})")
     lines.append("routes (first match wins):")
     for index, route in enumerate((*settings.routes, settings.default_route)):
         label = f"  [{index}]" if index < len(settings.routes) else "  default"

@@ -5,7 +5,8 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Callable
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
 from urllib.parse import quote
 
 from gateway.audit import AuditLog
@@ -43,6 +44,28 @@ class Forward(Protocol):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send, *, path: str,
                        headers: Headers, extra_response_headers: Headers = ()) -> None: ...
+
+
+OutcomeKind = Literal["allow", "unauthenticated", "forbidden", "csrf", "unavailable",
+                      "limited"]
+WWW_AUTHENTICATE = (b"www-authenticate", b'Bearer realm="gateway"')
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What the gateway decided about one request, before any answer: ``allow`` (with the
+    session to forward, or none on a public route without credentials), ``unauthenticated``
+    (``location``: the login redirect of a browser navigation), ``forbidden``, ``csrf`` (a
+    cross-site request carrying the cookie session), ``unavailable``
+    (the auth backend gave no verdict) or ``limited`` (guest issuance). ``response_headers``
+    are owed to the client whatever the answer: cookie changes, ``x-refreshed-token``."""
+
+    kind: OutcomeKind
+    session: Session | None = None
+    response_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    retry_after: int = 0
+    detail: str = ""
+    location: str | None = None
 
 
 _REQUEST_ID = re.compile(rb"[A-Za-z0-9._:@/+=-]{1,128}")
@@ -215,7 +238,9 @@ class HTTPHandler:
         if method == "POST" and path in (self._login_capture.path, self._logout.path):
             # Every login capture and logout is refused cross-site, cookie or not: a forged
             # login puts the attacker's session in the victim's browser.
-            if await self._refused_cross_site(scope, send, info, head=head):
+            cross_site = self._cross_site(scope, info)
+            if cross_site is not None:
+                await _refuse(send, cross_site, head=head)
                 return
             if path == self._logout.path:
                 await self._logout.handle(headers, send, info)
@@ -231,17 +256,37 @@ class HTTPHandler:
                                          rewrite=self._login_capture.rewriter(info))
             return
         route = self._router.match(method, path, decoded)
-        if ((method not in SAFE_METHODS or scope["type"] == "websocket")
-                and self._own_cookies.present(headers)
-                and not has_token_header(headers, self._schemes)
-                and await self._refused_cross_site(scope, send, info, head=head)):
-            return
         forwarded = upstream_request_headers(scope, client_ip=client_ip, request_id=request_id,
                                              trusted=self._trusted)
-        if route.access == "public" and not any(n in _CREDENTIAL_HEADERS for n, _ in headers):
-            await forward(scope, receive, send, path=path, headers=forwarded)
+        outcome = await self.check(scope, route, headers, info, scope.get("query_string", b""))
+        session = outcome.session
+        if outcome.kind == "allow":
+            if session is None:  # public, and no credential to check
+                await forward(scope, receive, send, path=path, headers=forwarded)
+                return
+            forwarded = self._own_cookies.request_headers(forwarded, path=path,
+                                                          token=session.token)
+            forwarded.extend(identity_headers(session, self._scheme))
+            await forward(scope, receive, send, path=path, headers=forwarded,
+                          extra_response_headers=session.response_headers)
             return
+        await _refuse(send, outcome, head=head)
 
+    async def check(self, scope: Scope, route: Route, headers: Headers, info: RequestInfo,
+                    query: bytes) -> Outcome:
+        """The gateway's decision on one request: refuse it cross-site (gateway/csrf.py),
+        resolve its session (validation, refresh, guest issuance) and apply ``route``. Emits
+        the audit events of a refusal; answers nothing. The proxy path forwards or refuses on
+        it, and forward-auth (``gateway/forward_auth.py``) reports it to the proxy in front
+        (``scope`` is then the proxy's subrequest, which carries the client's headers)."""
+        if ((info.method not in SAFE_METHODS or scope["type"] == "websocket")
+                and self._own_cookies.present(headers)
+                and not has_token_header(headers, self._schemes)):
+            refusal = self._cross_site(scope, info)
+            if refusal is not None:
+                return refusal
+        if route.access == "public" and not any(n in _CREDENTIAL_HEADERS for n, _ in headers):
+            return Outcome("allow")
         session: Session | None = None  # kept when guest issuance fails: it may clear cookies
         try:
             session = await self._sessions.resolve(headers, info)
@@ -251,39 +296,27 @@ class HTTPHandler:
         except GuestLimited as exc:
             self._audit.emit("auth.denied", **info.fields(), outcome="limited",
                              reason="guest_rate_limited")
-            await send_error(send, 429, "too_many_requests",
-                             "Too many new guest sessions; try again shortly.",
-                             [(b"retry-after", str(exc.retry_after).encode("ascii")),
-                              *(session.response_headers if session else ())], head=head)
-            return
+            return Outcome("limited", session,
+                           [*(session.response_headers if session else ())],
+                           retry_after=exc.retry_after)
         except BackendUnavailable as exc:
             self._audit.emit("auth.backend_unavailable", **info.fields(), outcome="unavailable",
                              reason=exc.reason, token_fp=self._sessions.fingerprint(headers))
             owed = [*exc.headers, *(session.response_headers if session else ())]
-            await send_error(send, 503, "auth_unavailable",
-                             "The authentication service is unavailable; try again shortly.",
-                             [(b"retry-after", b"5"), *owed], head=head)
-            return
+            return Outcome("unavailable", session, owed, retry_after=5)
 
         identity = session.identity
         decision = decide(route, identity.token_type if identity else None,
                           identity.roles if identity else ())
         if decision is Decision.ALLOW:
-            forwarded = self._own_cookies.request_headers(forwarded, path=path,
-                                                          token=session.token)
-            forwarded.extend(identity_headers(session, self._scheme))
-            await forward(scope, receive, send, path=path, headers=forwarded,
-                          extra_response_headers=session.response_headers)
-            return
+            return Outcome("allow", session, session.response_headers)
         if decision is Decision.FORBIDDEN:
             assert identity is not None
             self._audit.emit("auth.denied", **info.fields(), outcome="forbidden",
                              reason="missing_role", user_id=identity.user_id,
                              token_fp=session.token_fp)
-            await send_error(send, 403, "forbidden", "You are not allowed to do this.",
-                             session.response_headers, head=head)
-            return
-        await self._unauthenticated(scope, send, route, session, info, head=head)
+            return Outcome("forbidden", session, session.response_headers)
+        return self._unauthenticated(headers, query, route, session, info)
 
     async def _preflight(self, scope: Scope, receive: Receive, send: Send, path: str,
                          origin: bytes | None, client_ip: str, request_id: str) -> None:
@@ -303,15 +336,14 @@ class HTTPHandler:
             return
         await send_empty(send, 204, allowed)
 
-    async def _refused_cross_site(self, scope: Scope, send: Send, info: RequestInfo, *,
-                                  head: bool) -> bool:
-        """Refuse (403 ``csrf``) a request the browser says comes from another site
-        (gateway/csrf.py); True when refused."""
+    def _cross_site(self, scope: Scope, info: RequestInfo) -> Outcome | None:
+        """A ``csrf`` refusal (403) when the browser says the request comes from another site
+        (gateway/csrf.py), else None."""
         if not self._csrf.enabled:
-            return False
+            return None
         reason = self._csrf.refusal(scope)
         if reason is None:
-            return False
+            return None
         headers = scope["headers"]
         origin = _header(headers, b"origin")
         site = _header(headers, b"sec-fetch-site")
@@ -320,24 +352,45 @@ class HTTPHandler:
                          origin=origin.decode("latin-1")[:200] if origin is not None else None,
                          sec_fetch_site=site.decode("latin-1")[:40] if site is not None else None,
                          token_fp=self._sessions.fingerprint(headers))
-        await send_error(send, 403, "csrf",
-                         "Cross-site request refused: this request must come from the site "
-                         "itself.", head=head)
-        return True
+        return Outcome("csrf", detail="Cross-site request refused: this request must come "
+                                      "from the site itself.")
 
-    async def _unauthenticated(self, scope: Scope, send: Send, route: Route, session: Session,
-                               info: RequestInfo, *, head: bool) -> None:
+    def _unauthenticated(self, headers: Headers, query: bytes, route: Route, session: Session,
+                         info: RequestInfo) -> Outcome:
         reason = "guest_token" if session.identity is not None else session.reason
-        browser = is_browser_navigation(info.method, scope["headers"])
+        browser = is_browser_navigation(info.method, headers)
         answer = unauthenticated_answer(route, browser)
         self._audit.emit("auth.denied", **info.fields(), outcome="unauthenticated",
                          reason=reason, answer=answer, token_fp=session.token_fp,
                          user_id=session.identity.user_id if session.identity else None)
+        location = None
         if answer == "redirect":
             location = login_location(self._login.url, self._login.return_param, info.path,
-                                      scope.get("query_string", b""))
-            await send_redirect(send, location, session.response_headers)
-            return
-        await send_error(send, 401, "unauthenticated", _DETAIL.get(reason, _DETAIL["no_token"]),
-                         [(b"www-authenticate", b'Bearer realm="gateway"'),
-                          *session.response_headers], head=head)
+                                      query)
+        return Outcome("unauthenticated", session, session.response_headers,
+                       detail=_DETAIL.get(reason, _DETAIL["no_token"]), location=location)
+
+
+async def _refuse(send: Send, outcome: Outcome, *, head: bool) -> None:
+    """The proxy's answer to a request it does not forward."""
+    owed = outcome.response_headers
+    if outcome.kind == "limited":
+        await send_error(send, 429, "too_many_requests",
+                         "Too many new guest sessions; try again shortly.",
+                         [(b"retry-after", str(outcome.retry_after).encode("ascii")), *owed],
+                         head=head)
+    elif outcome.kind == "unavailable":
+        await send_error(send, 503, "auth_unavailable",
+                         "The authentication service is unavailable; try again shortly.",
+                         [(b"retry-after", str(outcome.retry_after).encode("ascii")), *owed],
+                         head=head)
+    elif outcome.kind == "forbidden":
+        await send_error(send, 403, "forbidden", "You are not allowed to do this.", owed,
+                         head=head)
+    elif outcome.kind == "csrf":
+        await send_error(send, 403, "csrf", outcome.detail, owed, head=head)
+    elif outcome.location is not None:
+        await send_redirect(send, outcome.location, owed)
+    else:
+        await send_error(send, 401, "unauthenticated", outcome.detail,
+                         [WWW_AUTHENTICATE, *owed], head=head)

@@ -217,6 +217,15 @@ class CsrfSettings:
 
 
 @dataclass(frozen=True)
+class ForwardAuthSettings:
+    """``<reserved_prefix>/auth`` for a proxy in front (docs/forward-auth.md)."""
+
+    enabled: bool = False
+    # Peers (IPs or CIDR networks) allowed to ask; anyone else gets 404.
+    trusted: tuple[str, ...] = ("127.0.0.1/32", "::1/128")
+
+
+@dataclass(frozen=True)
 class StateSettings:
     backend: str = "memory"
     redis_url: str = "redis://127.0.0.1:6379/0"
@@ -239,6 +248,7 @@ class Settings:
     audit: AuditSettings = field(default_factory=AuditSettings)
     cors: CorsSettings | None = None
     csrf: CsrfSettings = field(default_factory=CsrfSettings)
+    forward_auth: ForwardAuthSettings = field(default_factory=ForwardAuthSettings)
     state: StateSettings = field(default_factory=StateSettings)
 
     @property
@@ -462,7 +472,7 @@ def _dotted(value: str, name: str, problems: list[str], *, allow_empty: bool) ->
 def _check(s: Settings, problems: list[str]) -> None:
     checks: list[Callable[[Settings, list[str]], None]] = [
         _check_server, _check_upstream, _check_auth, _check_guest, _check_cookies,
-        _check_login, _check_cors, _check_csrf, _check_state,
+        _check_login, _check_cors, _check_csrf, _check_forward_auth, _check_state,
     ]
     for check in checks:
         check(s, problems)
@@ -616,6 +626,14 @@ def _origin(origin: str, name: str, problems: list[str]) -> None:
 def _check_csrf(s: Settings, problems: list[str]) -> None:
     for index, origin in enumerate(s.csrf.trusted_origins):
         _origin(origin, f"csrf.trusted_origins[{index}]", problems)
+
+
+def _check_forward_auth(s: Settings, problems: list[str]) -> None:
+    for index, peer in enumerate(s.forward_auth.trusted):
+        try:
+            ipaddress.ip_network(peer, strict=False)
+        except ValueError:
+            problems.append(f"forward_auth.trusted[{index}]: not an IP address or CIDR network")
 
 
 def _check_state(s: Settings, problems: list[str]) -> None:

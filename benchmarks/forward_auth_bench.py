@@ -1,0 +1,185 @@
+"""nginx + the gateway's forward-auth vs nginx ``auth_request`` straight to ``/auth/me``.
+
+    .venv/bin/python benchmarks/forward_auth_bench.py [--duration 10] [--concurrency 32]
+
+Two setups in front of the same upstream (the pure-ASGI app of ``proxy_bench.py``: ``/auth/me``
+for one known token, a ~200-byte JSON body elsewhere), each its own set of processes:
+
+* direct: nginx ``auth_request`` to the upstream's ``/auth/me`` on every request (what people
+  run without the gateway: no cache, no refresh, no guests);
+* forward-auth: the shipped ``config/forward-auth/nginx.conf`` (nginx caching the gateway's
+  200 answers for ``cache_ttl_s``, keyed by the request and its credentials) with
+  ``gateway serve`` as the auth service;
+* the same without nginx's cache: every request asks the gateway (whose own per-token cache
+  answers it), which shows what one gateway process costs per decision.
+
+Each is driven by ``wrk`` with the same authenticated request; the table gives req/s and the
+CPU time (psutil, user + system) that each setup's processes spent per request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from proxy_bench import TOKEN, UPSTREAM  # noqa: E402
+
+from tests.helpers.forward_auth import EXAMPLE_APP, EXAMPLE_PROXY, ProxyProcess, nginx  # noqa: E402
+from tests.servers import ServerProcess, free_port  # noqa: E402
+
+# nginx auth_request straight to the backend's /auth/me: the baseline.
+DIRECT_SITE = textwrap.dedent(f"""
+    upstream bench_app {{ server {EXAMPLE_APP}; keepalive 32; }}
+    server {{
+        listen {EXAMPLE_PROXY};
+        location / {{
+            auth_request /_auth;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_pass http://bench_app;
+        }}
+        location = /_auth {{
+            internal;
+            proxy_pass http://bench_app/auth/me;
+            proxy_pass_request_body off;
+            proxy_set_header Content-Length "";
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}
+""")
+
+
+def _processes(*pids: int) -> list[psutil.Process]:
+    found: list[psutil.Process] = []
+    for pid in pids:
+        process = psutil.Process(pid)
+        found.append(process)
+        found.extend(process.children(recursive=True))
+    return found
+
+
+def _cpu_seconds(processes: list[psutil.Process]) -> float:
+    total = 0.0
+    for process in processes:
+        times = process.cpu_times()
+        total += times.user + times.system
+    return total
+
+
+def _wrk(url: str, concurrency: int, duration: float) -> tuple[float, int]:
+    args = ["wrk", "-t", "2", "-c", str(concurrency), "-d", f"{duration:g}s",
+            "-H", f"Authorization: Bearer {TOKEN}", url]
+    out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if bad:
+        raise SystemExit(f"{url}: {bad.group(1)} failed requests:\n{out}")
+    return rps, total
+
+
+def run(name: str, url: str, groups: dict[str, list[psutil.Process]], concurrency: int,
+        duration: float) -> tuple[str, float, dict[str, float]]:
+    _wrk(url, concurrency, 2)  # warm up: connections, caches
+    before = {group: _cpu_seconds(procs) for group, procs in groups.items()}
+    rps, total = _wrk(url, concurrency, duration)
+    cpu_us = {group: (_cpu_seconds(procs) - before[group]) / total * 1e6
+              for group, procs in groups.items()}
+    return name, rps, cpu_us
+
+
+@contextmanager
+def _running(*servers: ServerProcess | ProxyProcess) -> Iterator[None]:
+    try:
+        for server in servers:
+            server.start()
+        yield
+    finally:
+        for server in reversed(servers):
+            server.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--nginx-workers", type=int, default=1)
+    args = parser.parse_args()
+    if not shutil.which("wrk") or not (shutil.which("nginx") or Path("/usr/sbin/nginx").exists()):
+        raise SystemExit("needs Debian's wrk and nginx: apt-get install wrk nginx")
+    tmp = Path(tempfile.mkdtemp(prefix="forward-auth-bench-"))
+    (tmp / "bench_upstream.py").write_text(UPSTREAM)
+    up_port, gw_port = free_port(), free_port()
+    config = tmp / "gateway.toml"
+    config.write_text(textwrap.dedent(f"""
+        [upstream]
+        url = "http://127.0.0.1:{up_port}"
+        [audit]
+        sink = "{tmp / 'audit.jsonl'}"
+        [forward_auth]
+        enabled = true
+        [default_route]
+        access = "user"
+    """))
+    upstream = ServerProcess(
+        [sys.executable, "-m", "uvicorn", "bench_upstream:app", "--port", str(up_port),
+         "--log-level", "warning", "--no-access-log"], up_port,
+        env={"PYTHONPATH": str(tmp)}, ready_path="/x")
+    gateway = ServerProcess(
+        [sys.executable, "-m", "gateway", "serve", "--config", str(config), "--port",
+         str(gw_port)], gw_port)
+    app_url = f"http://127.0.0.1:{up_port}"
+    gateway_url = f"http://127.0.0.1:{gw_port}"
+    for name in ("direct", "forward", "uncached"):
+        (tmp / name).mkdir()
+    direct = nginx(tmp / "direct", gateway_url=gateway_url, app_url=app_url,
+                   workers=args.nginx_workers, site_text=DIRECT_SITE)
+    forward = nginx(tmp / "forward", gateway_url=gateway_url, app_url=app_url,
+                    workers=args.nginx_workers)
+    uncached = nginx(tmp / "uncached", gateway_url=gateway_url, app_url=app_url,
+                     workers=args.nginx_workers, cache=False)
+    rows = []
+    with _running(upstream, gateway, direct, forward, uncached):
+        assert upstream.proc is not None and gateway.proc is not None
+        assert direct.proc is not None and forward.proc is not None
+        up = _processes(upstream.proc.pid)
+        rows.append(run("nginx auth_request -> /auth/me", direct.url + "/api/items",
+                        {"nginx": _processes(direct.proc.pid), "gateway": [],
+                         "upstream": up}, args.concurrency, args.duration))
+        rows.append(run("nginx + forward-auth (cached)", forward.url + "/api/items",
+                        {"nginx": _processes(forward.proc.pid),
+                         "gateway": _processes(gateway.proc.pid), "upstream": up},
+                        args.concurrency, args.duration))
+        assert uncached.proc is not None
+        rows.append(run("nginx + forward-auth (no nginx cache)", uncached.url + "/api/items",
+                        {"nginx": _processes(uncached.proc.pid),
+                         "gateway": _processes(gateway.proc.pid), "upstream": up},
+                        args.concurrency, args.duration))
+    base = rows[0][1]
+    print(f"wrk -t2 -c{args.concurrency} -d{args.duration:g}s; nginx workers "
+          f"{args.nginx_workers}; {os.cpu_count()} cores; CPU = user + system per request")
+    print(f"{'setup':<38}{'req/s':>8}{'vs direct':>11}{'CPU us/req':>12}"
+          f"{'nginx':>8}{'gateway':>9}{'upstream':>10}")
+    for name, rps, cpu in rows:
+        print(f"{name:<38}{rps:>8.0f}{rps / base:>10.0%}{sum(cpu.values()):>12.0f}"
+              f"{cpu['nginx']:>8.0f}{cpu['gateway']:>9.0f}{cpu['upstream']:>10.0f}")
+
+
+if __name__ == "__main__":
+    main()
