@@ -177,6 +177,31 @@ def test_backend_outage_is_503_with_retry_after_and_no_cookie_change(
     assert gateway.events("auth.backend_unavailable")
 
 
+def test_cross_site_request_with_the_cookie_session_is_403_csrf(
+        gateway: RunningGateway, backend: Backend) -> None:
+    """§3.12: forward-auth applies the proxy mode's CSRF rule: a state-changing request that
+    the browser says comes from another site, riding the cookie session, is refused before any
+    backend call; the same request from the site itself, or with a Bearer token, is allowed."""
+    token = backend.token(user_id=1)
+    before = backend.calls("me")
+    refused = ask(gateway, nginx_style("POST", "/api/items", cookie=cookie(userToken=token),
+                                       origin="https://evil.example",
+                                       **{"sec-fetch-site": "cross-site"}))
+    assert refused.status_code == 403
+    assert refused.json()["error"] == "csrf"
+    assert "x-auth-user-id" not in refused.headers
+    assert backend.calls("me") == before
+    assert [e["reason"] for e in gateway.events("auth.csrf_refused")]
+    same_site = ask(gateway, nginx_style("POST", "/api/items", cookie=cookie(userToken=token),
+                                         **{"sec-fetch-site": "same-origin"}))
+    assert same_site.status_code == 200
+    bearer = ask(gateway, nginx_style("POST", "/api/items", authorization=f"Bearer {token}",
+                                      origin="https://evil.example",
+                                      **{"sec-fetch-site": "cross-site"}))
+    assert bearer.status_code == 200
+    assert bearer.headers["x-auth-user-id"] == "1"
+
+
 def test_peer_outside_trusted_gets_404(start: StartGateway, backend: Backend) -> None:
     gateway = forward_auth_gateway(start, trusted=["10.0.0.0/8", "fd00::/8"])
     token = backend.token(user_id=1)
