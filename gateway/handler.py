@@ -5,15 +5,17 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, cast
 from urllib.parse import quote
 
+from gateway.accesslog import current
 from gateway.audit import AuditLog
 from gateway.authclient import BackendUnavailable
 from gateway.cors import CorsPolicy, is_preflight, without_upstream_cors
 from gateway.endpoints import Endpoints
 from gateway.guest import GuestLimited
 from gateway.login import LoginCapture, Logout
+from gateway.metrics import AccessLevel
 from gateway.proxy import TrustedProxies, Upstream, upstream_request_headers
 from gateway.responses import send_empty, send_error, send_redirect
 from gateway.routes import (
@@ -188,6 +190,8 @@ class HTTPHandler:
     async def _handle(self, scope: Scope, receive: Receive, send: Send, forward: Forward
                       ) -> None:
         request_id = request_id_of(scope)
+        record = current()
+        record.request_id = request_id
         headers: Headers = scope["headers"]
         added = [(b"x-request-id", request_id.encode("ascii"))]
         origin = _header(headers, b"origin") if self._cors is not None else None
@@ -203,15 +207,20 @@ class HTTPHandler:
             await send_error(send, 400, "invalid_path", "The request path is not acceptable.",
                              head=head)
             return
+        record.path = path
         if self._endpoints.owns(path):
+            record.access = "gateway"
             await self._endpoints.handle(scope, send, path)
             return
         peer = scope["client"][0] if scope.get("client") else ""
         client_ip = self._trusted.client_ip(peer, _header(headers, b"x-forwarded-for"))
+        record.client_ip = client_ip
         if is_preflight(method, headers):  # never needs a token
+            record.access = "public"
             await self._preflight(scope, receive, send, path, origin, client_ip, request_id)
             return
         if method == "POST" and path in (self._login_capture.path, self._logout.path):
+            record.access = "public"  # reachable without a session whatever the routes say
             info = RequestInfo(request_id, client_ip, method, path)
             if path == self._logout.path:
                 await self._logout.handle(headers, send, info)
@@ -222,10 +231,13 @@ class HTTPHandler:
                 scope, client_ip=client_ip, request_id=request_id, trusted=self._trusted)
                 if k != b"accept-encoding"]
             forwarded.append((b"accept-encoding", b"identity"))
+            attempt = self._login_capture.begin(info)
             await self._upstream.forward(scope, receive, send, path=path, headers=forwarded,
-                                         rewrite=self._login_capture.rewriter(info))
+                                         rewrite=attempt.rewrite, auth_endpoint="login")
+            await attempt.finish(record.status)
             return
         route = self._router.match(method, path)
+        record.access = cast(AccessLevel, route.access)
         forwarded = upstream_request_headers(scope, client_ip=client_ip, request_id=request_id,
                                              trusted=self._trusted)
         if route.access == "public" and not any(n in _CREDENTIAL_HEADERS for n, _ in headers):
@@ -257,6 +269,7 @@ class HTTPHandler:
             return
 
         identity = session.identity
+        record.user_id = identity.user_id if identity else None
         decision = decide(route, identity.token_type if identity else None,
                           identity.roles if identity else ())
         if decision is Decision.ALLOW:

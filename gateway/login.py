@@ -2,7 +2,11 @@
 
 * Login: ``POST <auth.login.path>`` is forwarded; a 2xx JSON reply carrying the tokens has them
   put in HttpOnly cookies (and, with ``strip_tokens``, removed from the body the browser sees),
-  and the guest cookie removed. Other replies pass through unchanged.
+  and the guest cookie removed. Other replies pass through unchanged; a reply that is not 2xx
+  is audited as ``auth.login_failed``. The new access token is then validated once, so that
+  ``auth.login`` names the user the way every other event does (the login replies of backends
+  differ, and SimpleJWT's has no user at all) and the browser's next request finds the
+  validation cached (docs/audit.md#auth-login).
 * Logout: ``POST <auth.logout.path>`` is answered by the gateway: it asks the backend to revoke
   the session (a failure is logged, not shown), clears all three cookies and forgets the tokens.
 """
@@ -10,17 +14,20 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.audit import AuditLog, token_fp
 from gateway.authclient import AuthClient, BackendUnavailable, dig
 from gateway.cookies import CookiePolicy
+from gateway.proxy import Rewrite
 from gateway.refresh import Refresher
 from gateway.responses import send_empty, send_redirect
 from gateway.routes import is_browser_navigation
 from gateway.session import RequestInfo
 from gateway.settings import Settings
-from gateway.tokens import MalformedToken, find_token, is_token, request_cookies
+from gateway.tokens import FoundToken, MalformedToken, find_token, is_token, request_cookies
 from gateway.types import Headers, Send
 from gateway.validation import Validator
 
@@ -35,15 +42,57 @@ def _drop(document: Any, dotted: str) -> None:
         document.pop(last, None)
 
 
+@dataclass(slots=True)
+class LoginAttempt:
+    """One login request: ``rewrite`` for :meth:`gateway.proxy.Upstream.forward`, then
+    :meth:`finish` with the status the client got, which writes the audit event."""
+
+    rewrite: Rewrite
+    _finish: Callable[[int, str | None], Awaitable[None]]
+    captured: list[str] = field(default_factory=list)  # the access token kept in a cookie
+
+    async def finish(self, status: int) -> None:
+        await self._finish(status, self.captured[0] if self.captured else None)
+
+
 class LoginCapture:
-    def __init__(self, settings: Settings, cookies: CookiePolicy, audit: AuditLog) -> None:
+    def __init__(self, settings: Settings, cookies: CookiePolicy, audit: AuditLog,
+                 validator: Validator | None = None) -> None:
         self.path = settings.auth.login.path
         self._settings = settings.auth.login
         self._cookies = cookies
         self._audit = audit
+        self._validator = validator
 
-    def rewriter(self, info: RequestInfo) -> Any:
-        """The ``rewrite`` callback for :meth:`gateway.proxy.Upstream.forward`."""
+    def begin(self, info: RequestInfo) -> LoginAttempt:
+        captured: list[str] = []
+
+        async def finish(status: int, access: str | None) -> None:
+            if status == 0:  # the client left before any answer: nothing to say
+                return
+            if not 200 <= status < 300:
+                self._audit.emit("auth.login_failed", **info.fields(),
+                                 outcome="rejected" if status < 500 else "error", status=status)
+            elif access is not None:
+                self._audit.emit("auth.login", **info.fields(), outcome="ok",
+                                 token_fp=token_fp(access), user_id=await self._user_id(access))
+
+        return LoginAttempt(self.rewriter(info, captured), finish, captured)
+
+    async def _user_id(self, access: str) -> str | None:
+        """Who logged in, as validation says (and cached for the next request); None when
+        the backend cannot say right now: the login itself has succeeded either way."""
+        if self._validator is None:
+            return None
+        try:
+            identity = (await self._validator.validate(FoundToken(access, "cookie"))).identity
+        except BackendUnavailable:
+            return None
+        return identity.user_id if identity is not None else None
+
+    def rewriter(self, info: RequestInfo, captured: list[str] | None = None) -> Rewrite:
+        """The ``rewrite`` callback for :meth:`gateway.proxy.Upstream.forward`; the access
+        token it puts in a cookie is appended to ``captured``."""
 
         def rewrite(status: int, body: bytes) -> tuple[list[tuple[bytes, bytes]], bytes]:
             if not 200 <= status < 300:
@@ -66,8 +115,8 @@ class LoginCapture:
             if isinstance(refresh, str) and refresh:
                 added.append(self._cookies.set("refresh", refresh))
             added.append(self._cookies.clear("guest"))
-            self._audit.emit("auth.login", **info.fields(), outcome="ok",
-                             token_fp=token_fp(access))
+            if captured is not None:
+                captured.append(access)
             if self._settings.strip_tokens:
                 _drop(document, self._settings.access_path)
                 if self._settings.refresh_path:
@@ -122,7 +171,8 @@ class Logout:
         try:
             reply = await self._client.post_credential(
                 self._backend_path, credential, send=send, scheme=self._scheme,
-                body_field=self._settings.body_field, cookie=self._cookie_settings.refresh)
+                body_field=self._settings.body_field, cookie=self._cookie_settings.refresh,
+                endpoint="logout")
         except BackendUnavailable as exc:
             self._audit.emit("auth.backend_unavailable", **info.fields(), outcome="revoke_failed",
                              reason=exc.reason)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import re
+import time
 import zlib
 from collections.abc import AsyncIterator, Callable, Iterable
 from urllib.parse import urlsplit
@@ -19,6 +20,8 @@ import anyio
 from multidict import CIMultiDict
 from yarl import URL
 
+from gateway.accesslog import current
+from gateway.metrics import AuthEndpoint, CallOutcome, Metrics, call_outcome
 from gateway.responses import send_error
 from gateway.settings import UpstreamSettings
 from gateway.types import Headers, Receive, Scope, Send
@@ -203,8 +206,9 @@ async def _wait_for_disconnect(receive: Receive) -> None:
 class Upstream:
     """The shared client toward the upstream app, and the forwarding of one request."""
 
-    def __init__(self, settings: UpstreamSettings) -> None:
+    def __init__(self, settings: UpstreamSettings, *, metrics: Metrics | None = None) -> None:
         parts = urlsplit(settings.url)
+        self._metrics = metrics
         self._origin = f"{parts.scheme}://{parts.netloc}"
         self._base_path = parts.path.rstrip("/")
         self._settings = settings
@@ -260,6 +264,7 @@ class Upstream:
         headers: Headers,
         extra_response_headers: Headers = (),
         rewrite: Rewrite | None = None,
+        auth_endpoint: AuthEndpoint | None = None,
     ) -> None:
         """Send the request upstream and stream the answer back to the client.
 
@@ -267,7 +272,8 @@ class Upstream:
         with or without Content-Length and whatever its content type, decoded from gzip or
         deflate, if it is at most 1 MiB both as sent and decoded; it returns the headers to add
         and the body to send instead (then sent uncompressed). Larger or undecodable replies,
-        and replies it leaves alone, pass through unchanged."""
+        and replies it leaves alone, pass through unchanged. ``auth_endpoint`` names an auth
+        call made this way (login), also timed as one in the metrics."""
         assert self._session is not None and self._slots is not None
         head = scope["method"] == "HEAD"
         own = [*extra_response_headers]
@@ -276,6 +282,8 @@ class Upstream:
                              "The upstream connection pool is exhausted; try again shortly.",
                              [*own, (b"retry-after", b"1")], head=head)
             return
+        if self._metrics is not None:
+            self._metrics.upstream_in_use.inc()
         try:
             try:
                 outgoing = header_strings(headers)
@@ -285,6 +293,7 @@ class Upstream:
                                  head=head)
                 return
             body = _RequestBody(receive, _has_body(scope))
+            started = time.perf_counter()
             try:
                 response = await self._session.request(
                     scope["method"],
@@ -297,10 +306,12 @@ class Upstream:
             except ClientDisconnect:
                 return
             except aiohttp.SocketTimeoutError:
+                self._timed(started, "timeout", auth_endpoint)
                 await send_error(send, 504, "upstream_timeout",
                                  "The upstream did not answer in time.", own, head=head)
                 return
             except (aiohttp.ClientError, OSError):
+                self._timed(started, "network", auth_endpoint)
                 await send_error(send, 502, "upstream_unreachable",
                                  "The upstream could not be reached.", own, head=head)
                 return
@@ -308,6 +319,7 @@ class Upstream:
                 await send_error(send, 502, "upstream_request_invalid",
                                  "The request could not be sent upstream.", own, head=head)
                 return
+            self._timed(started, call_outcome(response.status), auth_endpoint)
             try:
                 if rewrite is not None and _rewritable(response):
                     await self._relay_rewritten(response, send, own, rewrite)
@@ -317,6 +329,18 @@ class Upstream:
                 response.close()
         finally:
             self._slots.release()
+            if self._metrics is not None:
+                self._metrics.upstream_in_use.dec()
+
+    def _timed(self, started: float, outcome: CallOutcome, endpoint: AuthEndpoint | None
+               ) -> None:
+        """Record how long the upstream took to answer (its response head, or the failure)."""
+        seconds = time.perf_counter() - started
+        current().upstream_s = seconds
+        if self._metrics is not None:
+            self._metrics.upstream(outcome, seconds)
+            if endpoint is not None:
+                self._metrics.auth_call(endpoint, outcome, seconds)
 
     async def _relay(
         self,

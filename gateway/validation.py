@@ -154,7 +154,8 @@ class Validator:
 
     async def _ask_backend(self, token: str, key: bytes, guest: bool, expires: float) -> bytes:
         reply = await self._client.call(
-            self._method, self._path, headers={"authorization": f"{self._scheme} {token}"})
+            self._method, self._path, headers={"authorization": f"{self._scheme} {token}"},
+            endpoint="validate")
         if reply.status in (401, 403):
             return b""  # the token is not valid
         if not reply.ok:  # 404, 429, ...: no verdict on the token
