@@ -14,14 +14,11 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.audit import AuditLog, token_fp
 from gateway.authclient import AuthClient, BackendUnavailable, dig
 from gateway.cookies import CookiePolicy
-from gateway.proxy import Rewrite
 from gateway.refresh import Refresher
 from gateway.responses import send_empty, send_redirect
 from gateway.routes import is_browser_navigation
@@ -42,44 +39,75 @@ def _drop(document: Any, dotted: str) -> None:
         document.pop(last, None)
 
 
-@dataclass(slots=True)
 class LoginAttempt:
-    """One login request: ``rewrite`` for :meth:`gateway.proxy.Upstream.forward`, then
-    :meth:`finish` with the status the client got, which writes the audit event."""
+    """One login request: :meth:`rewrite` is the ``rewrite`` callback of
+    :meth:`gateway.proxy.Upstream.forward` (it sees the backend's reply before the client
+    does, so the audit event is written before the answer leaves), then :meth:`finish` with
+    the status the client got covers replies the rewrite never saw (a 502 from the gateway,
+    a reply too large to read)."""
 
-    rewrite: Rewrite
-    _finish: Callable[[int, str | None], Awaitable[None]]
-    captured: list[str] = field(default_factory=list)  # the access token kept in a cookie
+    def __init__(self, capture: LoginCapture, info: RequestInfo) -> None:
+        self._capture = capture
+        self._info = info
+        self._reported = False
+
+    async def rewrite(self, status: int, body: bytes) -> tuple[list[tuple[bytes, bytes]], bytes]:
+        if not 200 <= status < 300:
+            self._failed(status)
+            return [], body
+        capture, settings = self._capture, self._capture.settings
+        try:
+            document = json.loads(body)
+        except (ValueError, RecursionError):  # not JSON, or nested deeper than parsable
+            return [], body
+        access = dig(document, settings.access_path)
+        if not isinstance(access, str) or not access:
+            return [], body
+        refresh = dig(document, settings.refresh_path) if settings.refresh_path else None
+        self._reported = True
+        if not is_token(access) or (refresh and not is_token(refresh)):
+            # "a; Domain=evil" would add cookie attributes: no cookie from such a value.
+            capture.audit.emit("auth.login", **self._info.fields(), outcome="refused",
+                               reason="unusable_token")
+            return [], body
+        added = [capture.cookies.set("access", access)]
+        if isinstance(refresh, str) and refresh:
+            added.append(capture.cookies.set("refresh", refresh))
+        added.append(capture.cookies.clear("guest"))
+        capture.audit.emit("auth.login", **self._info.fields(), outcome="ok",
+                           token_fp=token_fp(access), user_id=await capture.user_id(access))
+        if settings.strip_tokens:
+            _drop(document, settings.access_path)
+            if settings.refresh_path:
+                _drop(document, settings.refresh_path)
+            body = json.dumps(document, separators=(",", ":")).encode("utf-8")
+        return added, body
 
     async def finish(self, status: int) -> None:
-        await self._finish(status, self.captured[0] if self.captured else None)
+        if status and not 200 <= status < 300:  # 0: the client left before any answer
+            self._failed(status)
+
+    def _failed(self, status: int) -> None:
+        if not self._reported:
+            self._reported = True
+            self._capture.audit.emit("auth.login_failed", **self._info.fields(),
+                                     outcome="rejected" if status < 500 else "error",
+                                     status=status)
 
 
 class LoginCapture:
     def __init__(self, settings: Settings, cookies: CookiePolicy, audit: AuditLog,
                  validator: Validator | None = None) -> None:
         self.path = settings.auth.login.path
-        self._settings = settings.auth.login
-        self._cookies = cookies
-        self._audit = audit
+        self.settings = settings.auth.login
+        self.cookies = cookies
+        self.audit = audit
         self._validator = validator
 
     def begin(self, info: RequestInfo) -> LoginAttempt:
-        captured: list[str] = []
+        return LoginAttempt(self, info)
 
-        async def finish(status: int, access: str | None) -> None:
-            if status == 0:  # the client left before any answer: nothing to say
-                return
-            if not 200 <= status < 300:
-                self._audit.emit("auth.login_failed", **info.fields(),
-                                 outcome="rejected" if status < 500 else "error", status=status)
-            elif access is not None:
-                self._audit.emit("auth.login", **info.fields(), outcome="ok",
-                                 token_fp=token_fp(access), user_id=await self._user_id(access))
-
-        return LoginAttempt(self.rewriter(info, captured), finish, captured)
-
-    async def _user_id(self, access: str) -> str | None:
+    async def user_id(self, access: str) -> str | None:
         """Who logged in, as validation says (and cached for the next request); None when
         the backend cannot say right now: the login itself has succeeded either way."""
         if self._validator is None:
@@ -89,42 +117,6 @@ class LoginCapture:
         except BackendUnavailable:
             return None
         return identity.user_id if identity is not None else None
-
-    def rewriter(self, info: RequestInfo, captured: list[str] | None = None) -> Rewrite:
-        """The ``rewrite`` callback for :meth:`gateway.proxy.Upstream.forward`; the access
-        token it puts in a cookie is appended to ``captured``."""
-
-        def rewrite(status: int, body: bytes) -> tuple[list[tuple[bytes, bytes]], bytes]:
-            if not 200 <= status < 300:
-                return [], body
-            try:
-                document = json.loads(body)
-            except (ValueError, RecursionError):  # not JSON, or nested deeper than parsable
-                return [], body
-            access = dig(document, self._settings.access_path)
-            if not isinstance(access, str) or not access:
-                return [], body
-            refresh = (dig(document, self._settings.refresh_path)
-                       if self._settings.refresh_path else None)
-            if not is_token(access) or (refresh and not is_token(refresh)):
-                # "a; Domain=evil" would add cookie attributes: no cookie from such a value.
-                self._audit.emit("auth.login", **info.fields(), outcome="refused",
-                                 reason="unusable_token")
-                return [], body
-            added = [self._cookies.set("access", access)]
-            if isinstance(refresh, str) and refresh:
-                added.append(self._cookies.set("refresh", refresh))
-            added.append(self._cookies.clear("guest"))
-            if captured is not None:
-                captured.append(access)
-            if self._settings.strip_tokens:
-                _drop(document, self._settings.access_path)
-                if self._settings.refresh_path:
-                    _drop(document, self._settings.refresh_path)
-                body = json.dumps(document, separators=(",", ":")).encode("utf-8")
-            return added, body
-
-        return rewrite
 
 
 class Logout:

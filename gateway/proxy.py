@@ -12,7 +12,7 @@ import ipaddress
 import re
 import time
 import zlib
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -49,7 +49,7 @@ _UNSAFE_QUERY_BYTE = re.compile(rb"[^\x21-\x7e]")
 
 
 # (status, body) -> (headers to add, new body): how login capture edits a reply.
-Rewrite = Callable[[int, bytes], tuple[list[tuple[bytes, bytes]], bytes]]
+Rewrite = Callable[[int, bytes], Awaitable[tuple[list[tuple[bytes, bytes]], bytes]]]
 
 
 class ClientDisconnect(Exception):
@@ -409,7 +409,8 @@ class Upstream:
         raw = bytes(buffer)
         encoding = response.headers.get("content-encoding", "identity").strip().lower()
         decoded = raw if encoding == "identity" else _decompressed(raw, encoding)
-        added, payload = rewrite(response.status, decoded) if decoded is not None else ([], raw)
+        added, payload = (await rewrite(response.status, decoded) if decoded is not None
+                          else ([], raw))
         upstream_headers = response_headers(response.raw_headers)
         if not added:  # not a login reply with tokens: the upstream's bytes, untouched
             await send({"type": "http.response.start", "status": response.status,

@@ -194,8 +194,12 @@ class Sessions:
                              proactive=proactive)
             if current is not None:
                 return current
+            # token_fp is the refresh credential's; access_token_fp (when it differs) lets a
+            # reader find who this was from earlier events of that access token (docs/audit.md).
+            access_fp = token_fp(found.value) if found is not None else None
             self._audit.emit("auth.session_cleared", **info.fields(), outcome="cleared",
-                             reason="refresh_rejected", token_fp=old_fp)
+                             reason="refresh_rejected", token_fp=old_fp,
+                             access_token_fp=access_fp if access_fp != old_fp else None)
             return Session(token_fp=old_fp, reason="session_expired",
                            response_headers=self._cookies.clear_session())
         new_fp = token_fp(refreshed.access)
