@@ -6,7 +6,7 @@
   is audited as ``auth.login_failed``. The new access token is then validated once, so that
   ``auth.login`` names the user the way every other event does (the login replies of backends
   differ, and SimpleJWT's has no user at all) and the browser's next request finds the
-  validation cached (docs/audit.md#auth-login).
+  validation cached (docs/audit.md#authlogin).
 * Logout: ``POST <auth.logout.path>`` is answered by the gateway: it asks the backend to revoke
   the session (a failure is logged, not shown), clears all three cookies and forgets the tokens.
 """

@@ -7,14 +7,20 @@ import asyncio
 import base64
 import hashlib
 import json
+import re
+import shutil
+import subprocess
 import time
 from http.cookiejar import CookieJar, DefaultCookiePolicy
+from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.conftest import Backend, RunningGateway, StartGateway
 
+ROOT = Path(__file__).resolve().parents[2]
 COMMON = ("event", "timestamp", "request_id", "client_ip", "method", "path", "outcome")
 WRONG_PASSWORD = "not-the-password-7f3a"
 
@@ -50,7 +56,8 @@ async def _request(gateway: RunningGateway, method: str, path: str, request_id: 
         return await client.request(method, path, headers=headers, **kwargs)
 
 
-async def test_login_refresh_logout_sequence(start: StartGateway, backend: Backend) -> None:
+async def run_session(start: StartGateway, backend: Backend) -> tuple[RunningGateway, str, str]:
+    """The scenario; returns the gateway and the two access tokens it handed out."""
     gateway = start("next-api-layer", {
         # No cache and no clock skew: each step's validation is a visible event, and the
         # short-lived access token counts as expired as soon as the backend says so.
@@ -83,7 +90,11 @@ async def test_login_refresh_logout_sequence(start: StartGateway, backend: Backe
         assert after.status_code == 401
     finally:
         backend.configure(access_ttl_s=900)
+    return gateway, first, second
 
+
+async def test_login_refresh_logout_sequence(start: StartGateway, backend: Backend) -> None:
+    gateway, first, second = await run_session(start, backend)
     events = gateway.events()
     for event in events:
         assert set(COMMON) <= set(event), event
@@ -143,3 +154,31 @@ async def test_login_failed_for_a_backend_error_and_an_unreachable_backend(
     assert _pick(event, "request_id", "outcome", "status") == {
         "request_id": "r-500", "outcome": "error", "status": 500}
     assert not gateway.events("auth.login")
+
+
+def _jq_lines() -> list[str]:
+    text = (ROOT / "docs" / "audit.md").read_text(encoding="utf-8")
+    return [block.strip() for block in re.findall(r"```sh\n(jq .*?)```", text, re.S)]
+
+
+@pytest.mark.skipif(shutil.which("jq") is None, reason="jq is not installed (apt-get install jq)")
+async def test_the_documented_jq_lines_answer_their_questions(
+        start: StartGateway, backend: Backend, tmp_path: Path) -> None:
+    """docs/audit.md's jq one-liners, run as written on the audit file of the scenario."""
+    gateway, _, _ = await run_session(start, backend)
+    shutil.copy(gateway.audit_path, tmp_path / "audit.jsonl")
+    who, per_minute = _jq_lines()
+    day = gateway.events("auth.logout")[0]["timestamp"][:10]
+
+    out = subprocess.run(["bash", "-c", who], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=30, check=True).stdout
+    rows = [line.split("\t") for line in out.splitlines()]
+    assert [(user, why) for _, user, why in rows] == [("1", "logout"), ("1", "refresh_rejected")]
+    assert all(stamp.startswith(day) for stamp, _, _ in rows)
+
+    out = subprocess.run(["bash", "-c", per_minute], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=30, check=True).stdout
+    [line] = out.splitlines()
+    count, minute, reason = line.split()
+    assert (count, reason) == ("1", "rejected")
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d", minute)
