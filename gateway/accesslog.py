@@ -50,7 +50,7 @@ class RequestRecord:
 _current: ContextVar[RequestRecord | None] = ContextVar("gateway_request", default=None)
 
 
-def current() -> RequestRecord:
+def current_request() -> RequestRecord:
     """The record of the request being handled in this task; outside one (a WebSocket, a
     direct call in a test) a throwaway record, so callers never need to check."""
     record = _current.get()

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Protocol, cast
 from urllib.parse import quote
 
-from gateway.accesslog import current
+from gateway.accesslog import current_request
 from gateway.audit import AuditLog
 from gateway.authclient import BackendUnavailable
 from gateway.cors import CorsPolicy, is_preflight, without_upstream_cors
@@ -190,7 +190,7 @@ class HTTPHandler:
     async def _handle(self, scope: Scope, receive: Receive, send: Send, forward: Forward
                       ) -> None:
         request_id = request_id_of(scope)
-        record = current()
+        record = current_request()
         record.request_id = request_id
         headers: Headers = scope["headers"]
         added = [(b"x-request-id", request_id.encode("ascii"))]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from gateway.accesslog import current_request
 from gateway.audit import AuditLog, token_fp
 from gateway.authclient import AuthClient, BackendUnavailable, dig
 from gateway.cookies import CookiePolicy
@@ -74,8 +75,10 @@ class LoginAttempt:
         if isinstance(refresh, str) and refresh:
             added.append(capture.cookies.set("refresh", refresh))
         added.append(capture.cookies.clear("guest"))
+        user_id = await capture.user_id(access)
+        current_request().user_id = user_id
         capture.audit.emit("auth.login", **self._info.fields(), outcome="ok",
-                           token_fp=token_fp(access), user_id=await capture.user_id(access))
+                           token_fp=token_fp(access), user_id=user_id)
         if settings.strip_tokens:
             _drop(document, settings.access_path)
             if settings.refresh_path:

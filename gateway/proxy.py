@@ -20,7 +20,7 @@ import anyio
 from multidict import CIMultiDict
 from yarl import URL
 
-from gateway.accesslog import current
+from gateway.accesslog import current_request
 from gateway.metrics import AuthEndpoint, CallOutcome, Metrics, call_outcome
 from gateway.responses import send_error
 from gateway.settings import UpstreamSettings
@@ -336,7 +336,7 @@ class Upstream:
                ) -> None:
         """Record how long the upstream took to answer (its response head, or the failure)."""
         seconds = time.perf_counter() - started
-        current().upstream_s = seconds
+        current_request().upstream_s = seconds
         if self._metrics is not None:
             self._metrics.upstream(outcome, seconds)
             if endpoint is not None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from gateway.accesslog import current
+from gateway.accesslog import current_request
 from gateway.audit import AuditLog, token_fp
 from gateway.authclient import BackendUnavailable
 from gateway.cookies import CookiePolicy
@@ -146,7 +146,7 @@ class Sessions:
             result = Validation(self._guests.validate_local(found.value), "miss", local=True)
         else:
             result = await self._validator.validate(found)
-        current().note_cache(result.cache)
+        current_request().note_cache(result.cache)
         identity = result.identity
         self._audit.emit(
             "auth.validated", **info.fields(),

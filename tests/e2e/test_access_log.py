@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 
-from tests.conftest import Backend, MakeGateway
+from tests.conftest import Backend, MakeGateway, StartGateway
 from tests.servers import ServerProcess, free_port
 
 FIELDS = ["event", "timestamp", "request_id", "client_ip", "method", "path", "status",
@@ -152,3 +152,22 @@ def test_off_by_default_and_on_stdout_under_serve(tmp_path: Path, backend: Backe
     [line] = [line for line in lines if line["request_id"] == "serve-True"]
     assert (line["path"], line["status"], line["access"]) == ("/api/public/hello", 200, "public")
     assert "token=abc" not in outputs[True]
+
+
+async def test_login_lines_name_the_user(start: StartGateway, tmp_path: Path) -> None:
+    sink = tmp_path / "access.jsonl"
+    gateway = start("next-api-layer", {"access_log": {"enabled": True, "sink": str(sink)}})
+    password = "wrong-password-9c1e"
+    async with gateway.client(timeout=20) as client:
+        failed = await client.post("/auth/login", headers={"x-request-id": "login-bad"},
+                                   json={"email": "demo@example.com", "password": password})
+        ok = await client.post("/auth/login", headers={"x-request-id": "login-ok"},
+                               json={"email": "demo@example.com", "password": "demo-password"})
+    assert (failed.status_code, ok.status_code) == (401, 200)
+    line = _by_request_id(sink, "login-bad")
+    assert (line["path"], line["status"], line["user_id"], line["access"]) == (
+        "/auth/login", 401, None, "public")
+    line = _by_request_id(sink, "login-ok")
+    assert (line["status"], line["user_id"], line["bytes_sent"]) == (200, "1", len(ok.content))
+    assert line["upstream_ms"] is not None
+    assert password not in sink.read_text(encoding="utf-8")
