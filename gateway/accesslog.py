@@ -11,6 +11,7 @@ path and no query string, header or cookie value: see ``docs/deployment.md#acces
 from __future__ import annotations
 
 import json
+import re
 import sys
 import threading
 import time
@@ -24,6 +25,10 @@ from gateway.metrics import AccessLevel, Metrics
 from gateway.types import Message, Receive, Scope, Send
 
 CacheOutcome = Literal["hit", "miss", "merged", "none"]
+# A JWT in a path (/reset/<token>, /magic-login/<token>): written as the audit stream writes
+# it, redacted (the same pattern as gateway/audit.py's).
+_JWT_LIKE = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*")
+REDACTED = "[redacted]"
 
 
 @dataclass(slots=True)
@@ -78,7 +83,7 @@ class AccessLog:
             "request_id": record.request_id,
             "client_ip": record.client_ip,
             "method": record.method,
-            "path": record.path,
+            "path": _JWT_LIKE.sub(REDACTED, record.path) if record.path else record.path,
             "status": record.status,
             "duration_ms": round(seconds * 1000, 3),
             "upstream_ms": (round(record.upstream_s * 1000, 3)

@@ -63,6 +63,8 @@ async def test_lines_field_by_field(make_gateway: MakeGateway, backend: Backend,
             **user, "x-request-id": "user-hit", "cookie": f"theme={secret_cookie}"})
         refused = await client.get("/api/items", headers={"accept": "application/json",
                                                           "x-request-id": "anon-401"})
+        in_path = await client.get(f"/api/public/reset/{token}",
+                                   headers={"x-request-id": "token-in-path"})
     assert public.status_code == miss.status_code == hit.status_code == 200
     assert refused.status_code == 401
 
@@ -93,10 +95,14 @@ async def test_lines_field_by_field(make_gateway: MakeGateway, backend: Backend,
         "access": "user"}
     assert line["upstream_ms"] is None  # never forwarded
 
+    line = _by_request_id(sink, "token-in-path")
+    assert (line["path"], line["status"]) == ("/api/public/reset/[redacted]",
+                                              in_path.status_code)
+
     text = sink.read_text(encoding="utf-8")
     for secret in (secret_query, secret_cookie, token, "access_token", "Bearer"):
         assert secret not in text
-    assert len(_lines(sink)) == 4
+    assert len(_lines(sink)) == 5
 
 
 async def test_upstream_errors_and_bad_paths(make_gateway: MakeGateway, tmp_path: Path) -> None:
