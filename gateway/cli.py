@@ -140,6 +140,11 @@ def _listen_problem(host: str, port: int) -> str | None:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    chosen = os.environ.get(_MULTIPROC_ENV)
+    if chosen and not (os.path.isdir(chosen) and os.access(chosen, os.W_OK)):
+        print(f"{_MULTIPROC_ENV}: {chosen} is not a writable directory (unset it, and "
+              "gateway serve makes its own)", file=sys.stderr)
+        return EXIT_BAD_CONFIG
     with _metrics_dir():
         return _serve(args)
 

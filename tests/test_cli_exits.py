@@ -103,3 +103,12 @@ def test_an_access_log_in_a_missing_directory(command: str, config: Path,
                       encoding="utf-8")
     assert_one_line(gateway(command, "--config", str(config)),
                     f"access_log.sink: directory {missing.parent} does not exist")
+
+
+def test_a_metrics_directory_that_does_not_exist(config: Path, tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-dir"
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(missing)}
+    result = subprocess.run([sys.executable, "-m", "gateway", "serve", "--config", str(config)],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert_one_line(result, f"PROMETHEUS_MULTIPROC_DIR: {missing} is not a writable directory "
+                            "(unset it, and gateway serve makes its own)")
