@@ -210,3 +210,19 @@ def test_every_docs_link_lands(where: str, page: Path, anchor: str | None) -> No
     assert page.is_file(), f"{where} links to missing {page.name}"
     if anchor:
         assert anchor in anchors(page), f"{where} links to {page.name}#{anchor}: no such heading"
+
+
+def test_the_vector_snippet_is_a_wired_vector_config() -> None:
+    """Vector is not installed here: the snippet must at least be TOML whose parts feed each
+    other, read the audit file and parse each line as JSON."""
+    text = (DOCS / "audit.md").read_text(encoding="utf-8")
+    [snippet] = re.findall(r"```toml\n(# vector\.toml\n.*?)```", text, re.S)
+    config = tomllib.loads(snippet)
+    [(source_name, source)] = config["sources"].items()
+    [(transform_name, transform)] = config["transforms"].items()
+    [sink] = config["sinks"].values()
+    assert source["type"] == "file" and source["include"][0].endswith(".jsonl")
+    assert transform["type"] == "remap" and transform["inputs"] == [source_name]
+    assert "parse_json!" in transform["source"]
+    assert sink["inputs"] == [transform_name]
+    assert set(sink["labels"]) == {"app", "event"}  # bounded label values only
