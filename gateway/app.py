@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
+from gateway.accesslog import AccessLog, current_request, observed
 from gateway.audit import AuditLog, sink_problem
 from gateway.authclient import AuthClient
 from gateway.cookies import CookiePolicy
@@ -37,10 +38,13 @@ class Gateway:
         self.audit = AuditLog(settings.audit.sink, on_event=self.metrics.event)
         trusted = TrustedProxies(settings.server.trusted_proxies)
         self.own_cookies = OwnCookies(settings)
+        self.access_log = (AccessLog(settings.access_log.sink)
+                           if settings.access_log.enabled else None)
         self.upstream = Upstream(settings.upstream, self.own_cookies,
-                                 max_body_bytes=settings.server.max_body_bytes, trusted=trusted)
+                                 max_body_bytes=settings.server.max_body_bytes, trusted=trusted,
+                                 metrics=self.metrics)
         self.websockets = WebSocketRelay(self.upstream)
-        self.auth_client = AuthClient(settings)
+        self.auth_client = AuthClient(settings, metrics=self.metrics)
         self.store = create_store(settings, self.audit)
         self.validator = Validator(settings, self.auth_client, self.store)
         self.refresher = Refresher(settings, self.auth_client, self.validator, self.store)
@@ -57,7 +61,7 @@ class Gateway:
             router=router,
             sessions=Sessions(settings, self.validator, self.refresher, self.guests,
                               self.cookies, self.audit),
-            login=LoginCapture(settings, self.cookies, self.audit),
+            login=LoginCapture(settings, self.cookies, self.audit, self.validator),
             logout=Logout(settings, self.auth_client, self.validator, self.refresher,
                           self.cookies, self.audit),
             audit=self.audit,
@@ -74,7 +78,8 @@ class Gateway:
                            "Validations held in this process's cache",
                            lambda: float(self.validator.cache_size))
         self.metrics.gauge("gateway_state_healthy", "1 while the state store is reachable",
-                           lambda: 1.0 if self.store.healthy else 0.0)
+                           lambda: 1.0 if self.store.healthy else 0.0, mode="livemin")
+        self._serve_http = observed(self._dispatch_http, self.metrics, self.access_log)
         self._started = False
         self._start_lock = asyncio.Lock()
 
@@ -95,21 +100,30 @@ class Gateway:
             await self.store.close()
             self._started = False
         self.audit.close()
+        if self.access_log is not None:
+            self.access_log.close()
+        self.metrics.process_exiting()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             if not self._started:  # a server that does not speak lifespan
                 await self.startup()
-            if self.forward_auth is not None and self.forward_auth.owns(scope):
-                await self.forward_auth(scope, receive, send)
-                return
-            await self.http(scope, receive, send)
+            await self._serve_http(scope, receive, send)
         elif scope["type"] == "websocket":
             if not self._started:
                 await self.startup()
             await self.http.websocket(scope, receive, send)
         elif scope["type"] == "lifespan":
             await self._lifespan(receive, send)
+
+    async def _dispatch_http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Forward-auth subrequests (when on) to their endpoint, everything else to the proxy
+        handler; both are timed, counted and access-logged by :func:`observed`."""
+        if self.forward_auth is not None and self.forward_auth.owns(scope):
+            current_request().access = "gateway"
+            await self.forward_auth(scope, receive, send)
+            return
+        await self.http(scope, receive, send)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -146,6 +160,10 @@ def environment_problems(settings: Settings) -> list[str]:
     problem = sink_problem(settings.audit.sink)
     if problem:
         problems.append(f"audit.sink: {problem}")
+    if settings.access_log.enabled:
+        problem = sink_problem(settings.access_log.sink)
+        if problem:
+            problems.append(f"access_log.sink: {problem}")
     return problems
 
 

@@ -10,12 +10,14 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import aiohttp
 
+from gateway.metrics import AuthEndpoint, CallOutcome, Metrics, call_outcome
 from gateway.settings import Settings
 
 
@@ -56,8 +58,9 @@ def dig(document: Any, dotted: str) -> Any:
 
 
 class AuthClient:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, metrics: Metrics | None = None) -> None:
         self._base = settings.auth_url
+        self._metrics = metrics
         self._retries = settings.auth.retries
         self._backoff = settings.auth.retry_backoff_s
         # The contract has no auth timeout key: an auth call is a small JSON exchange, so each
@@ -91,17 +94,23 @@ class AuthClient:
         *,
         headers: Mapping[str, str] | None = None,
         json_body: Any = None,
+        endpoint: AuthEndpoint = "other",
     ) -> AuthReply:
-        """One auth call with retries; raises :class:`BackendUnavailable`."""
+        """One auth call with retries; raises :class:`BackendUnavailable`. Each try is timed
+        in the metrics under ``endpoint``."""
         assert self._session is not None, "AuthClient.start() was not awaited"
         url = self._base + path
         attempt = 0
         while True:
+            started = time.perf_counter()
             try:
                 reply = await self._once(method, url, headers, json_body)
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                self._timed(endpoint, started, "timeout" if isinstance(exc, TimeoutError)
+                            else "network")
                 failure = BackendUnavailable("network", type(exc).__name__)
             else:
+                self._timed(endpoint, started, call_outcome(reply.status))
                 if reply.status < 500:
                     return reply
                 failure = BackendUnavailable("backend_error", f"status {reply.status}")
@@ -111,25 +120,36 @@ class AuthClient:
             await asyncio.sleep(delay * random.uniform(0.5, 1.5))
             attempt += 1
 
+    def _timed(self, endpoint: AuthEndpoint, started: float, outcome: CallOutcome) -> None:
+        if self._metrics is not None:
+            self._metrics.auth_call(endpoint, outcome, time.perf_counter() - started)
+
     async def post_credential(self, path: str, credential: str, *, send: str, scheme: str,
-                              body_field: str, cookie: str) -> AuthReply:
+                              body_field: str, cookie: str, endpoint: AuthEndpoint = "other"
+                              ) -> AuthReply:
         """POST a session credential the way ``send`` says (``auth.refresh.send`` and
         ``auth.logout.send``): ``access_header``, ``refresh_body`` or ``refresh_cookie``."""
         if send == "access_header":
-            return await self.call("POST", path,
+            return await self.call("POST", path, endpoint=endpoint,
                                    headers={"authorization": f"{scheme} {credential}"})
         if send == "refresh_body":
-            return await self.call("POST", path, json_body={body_field: credential})
-        return await self.call("POST", path, headers={"cookie": f"{cookie}={credential}"})
+            return await self.call("POST", path, json_body={body_field: credential},
+                                   endpoint=endpoint)
+        return await self.call("POST", path, headers={"cookie": f"{cookie}={credential}"},
+                               endpoint=endpoint)
 
     async def probe(self, path: str) -> bool:
         """Whether the auth backend answers at all (any status below 500), without retries."""
         assert self._session is not None, "AuthClient.start() was not awaited"
+        started = time.perf_counter()
         try:
             async with self._session.get(self._base + path, allow_redirects=False,
                                          timeout=aiohttp.ClientTimeout(total=2.0)) as resp:
+                self._timed("probe", started, call_outcome(resp.status))
                 return resp.status < 500
-        except (aiohttp.ClientError, OSError, TimeoutError):
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            self._timed("probe", started,
+                        "timeout" if isinstance(exc, TimeoutError) else "network")
             return False
 
     async def _once(

@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import os
+import shutil
+import socket
 import sys
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from gateway.settings import Settings, SettingsError, load_settings
 
 EXIT_BAD_CONFIG = 2
+# prometheus_client's switch to multiprocess mode (gateway.metrics reads the same variable); it
+# must be set before prometheus_client is first imported, so it is not imported from there.
+_MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 def _port(text: str) -> int:
@@ -96,7 +104,56 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def _metrics_dir() -> Iterator[None]:
+    """A fresh directory where every worker keeps its metric values, so that a scrape
+    answered by any worker reports them all (docs/deployment.md#metrics); removed at exit.
+    A directory the operator chose (``$PROMETHEUS_MULTIPROC_DIR`` already set) is theirs to
+    empty between runs, and is left alone."""
+    if os.environ.get(_MULTIPROC_ENV):
+        yield
+        return
+    path = tempfile.mkdtemp(prefix="gateway-metrics-")
+    os.environ[_MULTIPROC_ENV] = path
+    try:
+        yield
+    finally:
+        os.environ.pop(_MULTIPROC_ENV, None)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _listen_problem(host: str, port: int) -> str | None:
+    """Why the server could not listen on host:port, found by binding the way uvicorn
+    will (SO_REUSEADDR) before any worker starts: one line instead of a worker's traceback."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as exc:
+        reason = exc.strerror if isinstance(exc, socket.gaierror) else "not a valid host name"
+        return f"cannot listen on {host}:{port}: the host cannot be resolved ({reason})"
+    family, kind, proto, _, address = infos[0]
+    try:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            return (f"cannot listen on {host}:{port}: the port is already in use "
+                    "(stop the other server or choose another --port)")
+        return f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+    return None
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
+    chosen = os.environ.get(_MULTIPROC_ENV)
+    if chosen and not (os.path.isdir(chosen) and os.access(chosen, os.W_OK)):
+        print(f"{_MULTIPROC_ENV}: {chosen} is not a writable directory (unset it, and "
+              "gateway serve makes its own)", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    with _metrics_dir():
+        return _serve(args)
+
+
+def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from gateway.server import serve_with_admin, uvicorn_options
@@ -108,6 +165,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     host = args.host or settings.server.host
     port = args.port if args.port is not None else settings.server.port
     workers = args.workers or settings.server.workers
+    problem = _listen_problem(host, port)
+    if problem:
+        print(problem, file=sys.stderr)
+        return EXIT_BAD_CONFIG
     if workers > 1 and settings.state.backend == "memory":
         print(f"warning: {workers} workers with [state] backend = \"memory\": validation "
               "merging, refresh single-flight and rotation grace hold per worker only; use "
@@ -123,8 +184,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         workers=workers,
         proxy_headers=False,  # X-Forwarded-* trust is the gateway's own decision
         log_level="info",
-        # uvicorn's access log prints raw query strings (?access_token=...): the audit stream
-        # and /__gateway/metrics are the gateway's request records.
+        # uvicorn's access log prints raw query strings (?access_token=...): the gateway
+        # writes its own, without them ([access_log], docs/deployment.md#access-log).
         access_log=False,
         lifespan="on",
         # [server] limits a server must keep: head size before buffering, head and

@@ -141,7 +141,8 @@ class GuestIssuer:
         body = None
         if self._settings.username:
             body = {"username": self._settings.username, "password": self._password}
-        reply = await self._client.call("POST", self._settings.path, json_body=body)
+        reply = await self._client.call("POST", self._settings.path, json_body=body,
+                                        endpoint="guest")
         token = dig(reply.body, self._settings.token_path) if reply.ok else None
         if not is_token(token):
             raise BackendUnavailable("backend_error", f"guest endpoint answered {reply.status}"

@@ -6,9 +6,10 @@ import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Literal, Protocol, cast
 from urllib.parse import quote
 
+from gateway.accesslog import current_request
 from gateway.audit import AuditLog
 from gateway.authclient import BackendUnavailable
 from gateway.cors import CorsPolicy, is_preflight, without_upstream_cors
@@ -17,6 +18,7 @@ from gateway.endpoints import Endpoints
 from gateway.guest import GuestLimited
 from gateway.limits import RequestLimits
 from gateway.login import LoginCapture, Logout
+from gateway.metrics import AccessLevel
 from gateway.owncookies import OwnCookies
 from gateway.proxy import TrustedProxies, Upstream, upstream_request_headers
 from gateway.responses import send_empty, send_error, send_redirect
@@ -199,6 +201,8 @@ class HTTPHandler:
     async def _handle(self, scope: Scope, receive: Receive, send: Send, forward: Forward
                       ) -> None:
         request_id = request_id_of(scope)
+        record = current_request()
+        record.request_id = request_id
         headers: Headers = scope["headers"]
         added = [(b"x-request-id", request_id.encode("ascii"))]
         origin = _header(headers, b"origin") if self._cors is not None else None
@@ -220,6 +224,7 @@ class HTTPHandler:
             await send_error(send, 400, "invalid_path", "The request path is not acceptable.",
                              head=head)
             return
+        record.path = path
         own = self._endpoints.owns(path, scope)
         refusal = self._limits.refusal(scope, own_endpoint=own)
         if refusal is not None:  # head too large, too many headers, bad Host: docs/limits.md
@@ -227,15 +232,19 @@ class HTTPHandler:
                              [(b"connection", b"close")], head=head)
             return
         if own:
+            record.access = "gateway"
             await self._endpoints.handle(scope, send, path)
             return
         peer = scope["client"][0] if scope.get("client") else ""
         client_ip = self._trusted.client_ip(peer, _header(headers, b"x-forwarded-for"))
+        record.client_ip = client_ip
         if is_preflight(method, headers):  # never needs a token
+            record.access = "public"
             await self._preflight(scope, receive, send, path, origin, client_ip, request_id)
             return
         info = RequestInfo(request_id, client_ip, method, path)
         if method == "POST" and path in (self._login_capture.path, self._logout.path):
+            record.access = "public"  # reachable without a session whatever the routes say
             # Every login capture and logout is refused cross-site, cookie or not: a forged
             # login puts the attacker's session in the victim's browser.
             cross_site = self._cross_site(scope, info)
@@ -252,10 +261,13 @@ class HTTPHandler:
                                          trusted=self._trusted), path=path, token=None)
                 if k != b"accept-encoding"]
             forwarded.append((b"accept-encoding", b"identity"))
+            attempt = self._login_capture.begin(info)
             await self._upstream.forward(scope, receive, send, path=path, headers=forwarded,
-                                         rewrite=self._login_capture.rewriter(info))
+                                         rewrite=attempt.rewrite, auth_endpoint="login")
+            await attempt.finish(record.status)
             return
         route = self._router.match(method, path, decoded)
+        record.access = cast(AccessLevel, route.access)
         forwarded = upstream_request_headers(scope, client_ip=client_ip, request_id=request_id,
                                              trusted=self._trusted)
         outcome = await self.check(scope, route, headers, info, scope.get("query_string", b""))
@@ -306,6 +318,7 @@ class HTTPHandler:
             return Outcome("unavailable", session, owed, retry_after=5)
 
         identity = session.identity
+        current_request().user_id = identity.user_id if identity else None
         decision = decide(route, identity.token_type if identity else None,
                           identity.roles if identity else ())
         if decision is Decision.ALLOW:

@@ -2,7 +2,11 @@
 
 * Login: ``POST <auth.login.path>`` is forwarded; a 2xx JSON reply carrying the tokens has them
   put in HttpOnly cookies (and, with ``strip_tokens``, removed from the body the browser sees),
-  and the guest cookie removed. Other replies pass through unchanged.
+  and the guest cookie removed. Other replies pass through unchanged; a reply that is not 2xx
+  is audited as ``auth.login_failed``. The new access token is then validated once, so that
+  ``auth.login`` names the user the way every other event does (the login replies of backends
+  differ, and SimpleJWT's has no user at all) and the browser's next request finds the
+  validation cached (docs/audit.md#authlogin).
 * Logout: ``POST <auth.logout.path>`` is answered by the gateway: it asks the backend to revoke
   the session (a failure is logged, not shown), clears all three cookies and forgets the tokens.
 """
@@ -12,6 +16,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from gateway.accesslog import current_request
 from gateway.audit import AuditLog, token_fp
 from gateway.authclient import AuthClient, BackendUnavailable, dig
 from gateway.cookies import CookiePolicy
@@ -20,7 +25,14 @@ from gateway.responses import send_empty, send_redirect
 from gateway.routes import is_browser_navigation
 from gateway.session import RequestInfo
 from gateway.settings import Settings
-from gateway.tokens import MalformedToken, find_token, is_token, request_cookies, token_schemes
+from gateway.tokens import (
+    FoundToken,
+    MalformedToken,
+    find_token,
+    is_token,
+    request_cookies,
+    token_schemes,
+)
 from gateway.types import Headers, Send
 from gateway.validation import Validator
 
@@ -35,47 +47,86 @@ def _drop(document: Any, dotted: str) -> None:
         document.pop(last, None)
 
 
+class LoginAttempt:
+    """One login request: :meth:`rewrite` is the ``rewrite`` callback of
+    :meth:`gateway.proxy.Upstream.forward` (it sees the backend's reply before the client
+    does, so the audit event is written before the answer leaves), then :meth:`finish` with
+    the status the client got covers replies the rewrite never saw (a 502 from the gateway,
+    a reply too large to read)."""
+
+    def __init__(self, capture: LoginCapture, info: RequestInfo) -> None:
+        self._capture = capture
+        self._info = info
+        self._reported = False
+
+    async def rewrite(self, status: int, body: bytes) -> tuple[list[tuple[bytes, bytes]], bytes]:
+        if not 200 <= status < 300:
+            self._failed(status)
+            return [], body
+        capture, settings = self._capture, self._capture.settings
+        try:
+            document = json.loads(body)
+        except (ValueError, RecursionError):  # not JSON, or nested deeper than parsable
+            return [], body
+        access = dig(document, settings.access_path)
+        if not isinstance(access, str) or not access:
+            return [], body
+        refresh = dig(document, settings.refresh_path) if settings.refresh_path else None
+        self._reported = True
+        if not is_token(access) or (refresh and not is_token(refresh)):
+            # "a; Domain=evil" would add cookie attributes: no cookie from such a value.
+            capture.audit.emit("auth.login", **self._info.fields(), outcome="refused",
+                               reason="unusable_token")
+            return [], body
+        added = [capture.cookies.set("access", access)]
+        if isinstance(refresh, str) and refresh:
+            added.append(capture.cookies.set("refresh", refresh))
+        added.append(capture.cookies.clear("guest"))
+        user_id = await capture.user_id(access)
+        current_request().user_id = user_id
+        capture.audit.emit("auth.login", **self._info.fields(), outcome="ok",
+                           token_fp=token_fp(access), user_id=user_id)
+        if settings.strip_tokens:
+            _drop(document, settings.access_path)
+            if settings.refresh_path:
+                _drop(document, settings.refresh_path)
+            body = json.dumps(document, separators=(",", ":")).encode("utf-8")
+        return added, body
+
+    async def finish(self, status: int) -> None:
+        if status and not 200 <= status < 300:  # 0: the client left before any answer
+            self._failed(status)
+
+    def _failed(self, status: int) -> None:
+        if not self._reported:
+            self._reported = True
+            self._capture.audit.emit("auth.login_failed", **self._info.fields(),
+                                     outcome="rejected" if status < 500 else "error",
+                                     status=status)
+
+
 class LoginCapture:
-    def __init__(self, settings: Settings, cookies: CookiePolicy, audit: AuditLog) -> None:
+    def __init__(self, settings: Settings, cookies: CookiePolicy, audit: AuditLog,
+                 validator: Validator | None = None) -> None:
         self.path = settings.auth.login.path
-        self._settings = settings.auth.login
-        self._cookies = cookies
-        self._audit = audit
+        self.settings = settings.auth.login
+        self.cookies = cookies
+        self.audit = audit
+        self._validator = validator
 
-    def rewriter(self, info: RequestInfo) -> Any:
-        """The ``rewrite`` callback for :meth:`gateway.proxy.Upstream.forward`."""
+    def begin(self, info: RequestInfo) -> LoginAttempt:
+        return LoginAttempt(self, info)
 
-        def rewrite(status: int, body: bytes) -> tuple[list[tuple[bytes, bytes]], bytes]:
-            if not 200 <= status < 300:
-                return [], body
-            try:
-                document = json.loads(body)
-            except (ValueError, RecursionError):  # not JSON, or nested deeper than parsable
-                return [], body
-            access = dig(document, self._settings.access_path)
-            if not isinstance(access, str) or not access:
-                return [], body
-            refresh = (dig(document, self._settings.refresh_path)
-                       if self._settings.refresh_path else None)
-            if not is_token(access) or (refresh and not is_token(refresh)):
-                # "a; Domain=evil" would add cookie attributes: no cookie from such a value.
-                self._audit.emit("auth.login", **info.fields(), outcome="refused",
-                                 reason="unusable_token")
-                return [], body
-            added = [self._cookies.set("access", access)]
-            if isinstance(refresh, str) and refresh:
-                added.append(self._cookies.set("refresh", refresh))
-            added.append(self._cookies.clear("guest"))
-            self._audit.emit("auth.login", **info.fields(), outcome="ok",
-                             token_fp=token_fp(access))
-            if self._settings.strip_tokens:
-                _drop(document, self._settings.access_path)
-                if self._settings.refresh_path:
-                    _drop(document, self._settings.refresh_path)
-                body = json.dumps(document, separators=(",", ":")).encode("utf-8")
-            return added, body
-
-        return rewrite
+    async def user_id(self, access: str) -> str | None:
+        """Who logged in, as validation says (and cached for the next request); None when
+        the backend cannot say right now: the login itself has succeeded either way."""
+        if self._validator is None:
+            return None
+        try:
+            identity = (await self._validator.validate(FoundToken(access, "cookie"))).identity
+        except BackendUnavailable:
+            return None
+        return identity.user_id if identity is not None else None
 
 
 class Logout:
@@ -123,7 +174,8 @@ class Logout:
         try:
             reply = await self._client.post_credential(
                 self._backend_path, credential, send=send, scheme=self._scheme,
-                body_field=self._settings.body_field, cookie=self._cookie_settings.refresh)
+                body_field=self._settings.body_field, cookie=self._cookie_settings.refresh,
+                endpoint="logout")
         except BackendUnavailable as exc:
             self._audit.emit("auth.backend_unavailable", **info.fields(), outcome="revoke_failed",
                              reason=exc.reason)

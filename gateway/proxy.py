@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import re
+import time
 import zlib
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -19,6 +20,8 @@ import anyio
 from multidict import CIMultiDict
 from yarl import URL
 
+from gateway.accesslog import current_request
+from gateway.metrics import AuthEndpoint, CallOutcome, Metrics, call_outcome
 from gateway.owncookies import OwnCookies, without_set_cookies
 from gateway.responses import send_error
 from gateway.settings import UpstreamSettings
@@ -52,7 +55,7 @@ _UNSAFE_QUERY_BYTE = re.compile(rb"[^\x21-\x7e]")
 
 
 # (status, body) -> (headers to add, new body): how login capture edits a reply.
-Rewrite = Callable[[int, bytes], tuple[list[tuple[bytes, bytes]], bytes]]
+Rewrite = Callable[[int, bytes], Awaitable[tuple[list[tuple[bytes, bytes]], bytes]]]
 
 
 class ClientDisconnect(Exception):
@@ -316,9 +319,11 @@ class Upstream:
     """The shared client toward the upstream app, and the forwarding of one request."""
 
     def __init__(self, settings: UpstreamSettings, own_cookies: OwnCookies | None = None, *,
-                 max_body_bytes: int = 0, trusted: TrustedProxies | None = None) -> None:
+                 max_body_bytes: int = 0, trusted: TrustedProxies | None = None,
+                 metrics: Metrics | None = None) -> None:
         self._own_cookies = own_cookies
         parts = urlsplit(settings.url)
+        self._metrics = metrics
         self._origin = f"{parts.scheme}://{parts.netloc}"
         self._base_path = parts.path.rstrip("/")
         self._settings = settings
@@ -387,6 +392,7 @@ class Upstream:
         headers: Headers,
         extra_response_headers: Headers = (),
         rewrite: Rewrite | None = None,
+        auth_endpoint: AuthEndpoint | None = None,
     ) -> None:
         """Send the request upstream and stream the answer back to the client.
 
@@ -394,7 +400,8 @@ class Upstream:
         with or without Content-Length and whatever its content type, decoded from gzip or
         deflate, if it is at most 1 MiB both as sent and decoded; it returns the headers to add
         and the body to send instead (then sent uncompressed). Larger or undecodable replies,
-        and replies it leaves alone, pass through unchanged."""
+        and replies it leaves alone, pass through unchanged. ``auth_endpoint`` names an auth
+        call made this way (login), also timed as one in the metrics."""
         assert self._session is not None and self._slots is not None
         head = scope["method"] == "HEAD"
         own = [*extra_response_headers]
@@ -427,7 +434,7 @@ class Upstream:
         try:
             await self._forward_claimed(scope, receive, send, path=path, headers=headers,
                                         own=own, body=body, whole=whole, length=length,
-                                        rewrite=rewrite)
+                                        rewrite=rewrite, auth_endpoint=auth_endpoint)
         finally:
             self._per_client.release(client)
 
@@ -444,6 +451,7 @@ class Upstream:
         whole: bytes | None,
         length: int | None,
         rewrite: Rewrite | None,
+        auth_endpoint: AuthEndpoint | None,
     ) -> None:
         assert self._session is not None and self._slots is not None
         head = scope["method"] == "HEAD"
@@ -454,6 +462,8 @@ class Upstream:
                              "The upstream connection pool is exhausted; try again shortly.",
                              [*own, (b"retry-after", b"1")], head=head)
             return
+        if self._metrics is not None:
+            self._metrics.upstream_in_use.inc()
         try:
             try:
                 outgoing = header_strings(headers)
@@ -467,6 +477,7 @@ class Upstream:
                 data = body.__aiter__()
                 if length is not None:
                     outgoing["Content-Length"] = str(length)
+            started = time.perf_counter()
             try:
                 response = await self._session.request(
                     scope["method"],
@@ -479,12 +490,14 @@ class Upstream:
             except ClientDisconnect:
                 return
             except (aiohttp.ClientError, OSError) as exc:
-                if body.too_large:
+                if body.too_large:  # the client's body, not the upstream, ended it
                     await _send_too_large(send, own, head)
                 elif isinstance(exc, aiohttp.SocketTimeoutError):
+                    self._timed(started, "timeout", auth_endpoint)
                     await send_error(send, 504, "upstream_timeout",
                                      "The upstream did not answer in time.", own, head=head)
                 else:
+                    self._timed(started, "network", auth_endpoint)
                     await send_error(send, 502, "upstream_unreachable",
                                      "The upstream could not be reached.", own, head=head)
                 return
@@ -492,6 +505,7 @@ class Upstream:
                 await send_error(send, 502, "upstream_request_invalid",
                                  "The request could not be sent upstream.", own, head=head)
                 return
+            self._timed(started, call_outcome(response.status), auth_endpoint)
             try:
                 if rewrite is not None and _rewritable(response):
                     await self._relay_rewritten(response, send, own, rewrite, drop)
@@ -501,6 +515,18 @@ class Upstream:
                 response.close()
         finally:
             self._slots.release()
+            if self._metrics is not None:
+                self._metrics.upstream_in_use.dec()
+
+    def _timed(self, started: float, outcome: CallOutcome, endpoint: AuthEndpoint | None
+               ) -> None:
+        """Record how long the upstream took to answer (its response head, or the failure)."""
+        seconds = time.perf_counter() - started
+        current_request().upstream_s = seconds
+        if self._metrics is not None:
+            self._metrics.upstream(outcome, seconds)
+            if endpoint is not None:
+                self._metrics.auth_call(endpoint, outcome, seconds)
 
     async def _relay(
         self,
@@ -572,7 +598,8 @@ class Upstream:
         raw = bytes(buffer)
         encoding = response.headers.get("content-encoding", "identity").strip().lower()
         decoded = raw if encoding == "identity" else _decompressed(raw, encoding)
-        added, payload = rewrite(response.status, decoded) if decoded is not None else ([], raw)
+        added, payload = (await rewrite(response.status, decoded) if decoded is not None
+                          else ([], raw))
         upstream_headers = response_headers(response.raw_headers, drop)
         if not added:  # not a login reply with tokens: the upstream's bytes, untouched
             await send({"type": "http.response.start", "status": response.status,

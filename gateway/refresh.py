@@ -161,4 +161,4 @@ class Refresher:
         r = self._settings
         return await self._client.post_credential(
             r.path, credential, send=r.send, scheme=self._scheme, body_field=r.body_field,
-            cookie=self._refresh_cookie)
+            cookie=self._refresh_cookie, endpoint="refresh")

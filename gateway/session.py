@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from gateway.accesslog import current_request
 from gateway.audit import AuditLog, token_fp
 from gateway.authclient import BackendUnavailable
 from gateway.cookies import CookiePolicy
@@ -155,6 +156,7 @@ class Sessions:
             result = Validation(self._guests.validate_local(found.value), "miss", local=True)
         else:
             result = await self._validator.validate(found)
+        current_request().note_cache(result.cache)
         identity = result.identity
         self._audit.emit(
             "auth.validated", **info.fields(),
@@ -202,8 +204,12 @@ class Sessions:
                              proactive=proactive)
             if current is not None:
                 return current
+            # token_fp is the refresh credential's; access_token_fp (when it differs) lets a
+            # reader find who this was from earlier events of that access token (docs/audit.md).
+            access_fp = token_fp(found.value) if found is not None else None
             self._audit.emit("auth.session_cleared", **info.fields(), outcome="cleared",
-                             reason="refresh_rejected", token_fp=old_fp)
+                             reason="refresh_rejected", token_fp=old_fp,
+                             access_token_fp=access_fp if access_fp != old_fp else None)
             return Session(token_fp=old_fp, reason="session_expired",
                            response_headers=self._cookies.clear_session())
         new_fp = token_fp(refreshed.access)

@@ -197,6 +197,14 @@ class AuditSettings:
 
 
 @dataclass(frozen=True)
+class AccessLogSettings:
+    # One JSON line per HTTP request (docs/deployment.md#access-log); off by default, as the
+    # audit stream and the metrics already say what an operator must know.
+    enabled: bool = False
+    sink: str = "stdout"
+
+
+@dataclass(frozen=True)
 class CorsSettings:
     allow_origins: tuple[str, ...] = ()
     allow_credentials: bool = True
@@ -246,6 +254,7 @@ class Settings:
                                       unauthenticated="auto")
     )
     audit: AuditSettings = field(default_factory=AuditSettings)
+    access_log: AccessLogSettings = field(default_factory=AccessLogSettings)
     cors: CorsSettings | None = None
     csrf: CsrfSettings = field(default_factory=CsrfSettings)
     forward_auth: ForwardAuthSettings = field(default_factory=ForwardAuthSettings)
@@ -478,6 +487,8 @@ def _check(s: Settings, problems: list[str]) -> None:
         check(s, problems)
     if not s.audit.sink:
         problems.append("audit.sink: must be stdout, stderr or a file path")
+    if not s.access_log.sink:
+        problems.append("access_log.sink: must be stdout, stderr or a file path")
 
 
 def _check_server(s: Settings, problems: list[str]) -> None:

@@ -160,7 +160,8 @@ class Validator:
 
     async def _ask_backend(self, token: str, key: bytes, guest: bool, expires: float) -> bytes:
         reply = await self._client.call(
-            self._method, self._path, headers={"authorization": f"{self._scheme} {token}"})
+            self._method, self._path, headers={"authorization": f"{self._scheme} {token}"},
+            endpoint="validate")
         if reply.status in (401, 403):  # the token is not valid
             if self._rejected_ttl > 0:
                 await self._store.set(_CACHE + key, _REJECTED, self._rejected_ttl)

@@ -76,8 +76,9 @@ class ServerProcess:
     """A command that serves HTTP on ``port``; ready when ``ready_path`` answers."""
 
     def __init__(self, args: Sequence[str], port: int, *, env: dict[str, str] | None = None,
-                 ready_path: str = "/__gateway/health") -> None:
+                 ready_path: str = "/__gateway/health", cwd: str | None = None) -> None:
         self.args = list(args)
+        self.cwd = cwd
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         self.env = {**os.environ, **(env or {})}
@@ -89,7 +90,7 @@ class ServerProcess:
 
     def start(self, timeout: float = 20) -> ServerProcess:
         self.proc = subprocess.Popen(self.args, env=self.env, stdout=self.output,
-                                     stderr=subprocess.STDOUT)
+                                     stderr=subprocess.STDOUT, cwd=self.cwd)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -121,7 +121,8 @@ class FakeAuthClient:
         self.gate: asyncio.Event | None = None
 
     async def call(self, method: str, path: str, *, headers: Any = None,
-                   json_body: Any = None) -> AuthReply:
+                   json_body: Any = None, endpoint: str = "other") -> AuthReply:
+        assert endpoint == "guest"  # timed as a guest call in the metrics
         self.calls.append({"method": method, "path": path, "json_body": json_body})
         self.in_flight += 1
         self.peak = max(self.peak, self.in_flight)
