@@ -44,7 +44,7 @@ class _BadRequest(ValueError):
 class OriginalRequest:
     method: str
     path: str  # normalized, as the proxy mode would match it
-    decoded: str | None  # its decoded reading, with server.allow_encoded_slash (routes.py)
+    decoded: tuple[str, ...]  # its decoded readings, with server.allow_encoded_slash (routes.py)
     query: bytes
     convention: Convention
 

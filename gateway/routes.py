@@ -256,31 +256,34 @@ def has_encoded_separator(path: str) -> bool:
     return True  # encoded deeper than any real client does: fail closed
 
 
-def decoded_reading(path: str) -> str:
+def decoded_readings(path: str) -> tuple[str, ...]:
     """The normalized path as a backend that decodes ``%2F`` and ``%5C`` into separators
     before routing reads it (Starlette, Django, an Express ``*`` param), decoding ``%25``
-    again as often as it takes (double-decoding hops), then normalized again: the dot
-    segments and empty segments it now holds are resolved as that backend would."""
+    again as often as it takes (double-decoding hops). Two readings, since backends differ on
+    the empty segments decoding may leave (``/%2Fapi`` is ``//api``): kept as they are
+    (Starlette, Django and Express route ``//api`` as it is, usually to a catch-all) and
+    merged (a hop that merges slashes, as nginx does, sends ``/api``)."""
     for _ in range(_MAX_SEPARATOR_ROUNDS):
         decoded = _SEPARATOR_ESCAPE.sub("/", path).replace(_PERCENT_ESCAPE, "%")
         if decoded == path:
-            return normalize_path(path)
+            kept = _resolve_dots(_TOKEN.sub(_canonical_token, path))
+            return tuple(dict.fromkeys((normalize_path(path), kept)))
         path = decoded
     raise InvalidPath("path is encoded too many times over")
 
 
 def read_path(raw_path: bytes | str, *, allow_encoded_slash: bool = False
-              ) -> tuple[str, str | None]:
+              ) -> tuple[str, tuple[str, ...]]:
     """The normalized path (matched and forwarded) and, when it holds an encoded separator
-    that ``allow_encoded_slash`` lets through, its decoded reading, which the router must
-    also satisfy (:meth:`Router.match`). Raises :class:`EncodedSeparator` when such a path
-    is not allowed, :class:`InvalidPath` for any other unacceptable path."""
+    that ``allow_encoded_slash`` lets through, its decoded readings, which the router must
+    also satisfy (:meth:`Router.match`); else no readings. Raises :class:`EncodedSeparator`
+    when such a path is not allowed, :class:`InvalidPath` for any other unacceptable path."""
     path = normalize_path(raw_path)
     if not has_encoded_separator(path):
-        return path, None
+        return path, ()
     if not allow_encoded_slash:
         raise EncodedSeparator("encoded slash or backslash in path")
-    return path, decoded_reading(path)
+    return path, decoded_readings(path)
 
 
 # --------------------------------------------------------------------------
@@ -449,21 +452,22 @@ class Router:
     def default(self) -> Route:
         return self._default
 
-    def match(self, method: str, normalized_path: str, decoded: str | None = None) -> Route:
+    def match(self, method: str, normalized_path: str, decoded: Sequence[str] = ()) -> Route:
         """Return the first route matching the method and path, else the default.
 
         Backends differ on case and ``;params``: Express matches ``/api/Admin`` against its
         ``/api/admin`` handler, Tomcat serves ``/admin;x/stats`` as ``/admin/stats``. So the
         folded form of the path is matched too (against folded globs), and when it picks
-        another route the answer is a route that requires both. ``decoded`` is the path's
-        decoded reading (:func:`read_path`), when it has one: it is matched the same way,
-        and a different route found for it is required as well (the stricter reading wins).
+        another route the answer is a route that requires both. ``decoded`` are the path's
+        decoded readings (:func:`read_path`), when it has any: each is matched the same way,
+        and a different route found for one is required as well (the strictest reading wins).
         """
         route = self._match(method, normalized_path)
-        if decoded is not None and decoded != normalized_path:
-            other = self._match(method, decoded)
-            if other is not route:
-                return _both(route, other)
+        for reading in decoded:
+            if reading != normalized_path:
+                other = self._match(method, reading)
+                if other is not route:
+                    route = _both(route, other)
         return route
 
     def _match(self, method: str, normalized_path: str) -> Route:

@@ -29,7 +29,7 @@ import re
 from collections.abc import Callable, Sequence
 from urllib.parse import quote, unquote, unquote_to_bytes
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from gateway.routes import (
@@ -207,7 +207,9 @@ def route_tables(draw: st.DrawFn) -> tuple[tuple[Route, ...], Route]:
 
 # -- the properties ----------------------------------------------------------------------------
 
-BOUNDED = settings(max_examples=400, deadline=None)
+# derandomize: the same 400 examples every run (a test that fails now and then is a failing
+# test); the shapes found by earlier random runs are pinned with @example.
+BOUNDED = settings(max_examples=400, deadline=None, derandomize=True)
 
 
 @BOUNDED
@@ -226,6 +228,9 @@ def test_allowed_encoded_slash_is_never_looser(raw: str, method: str, default: s
 
 @BOUNDED
 @given(raw=paths, method=methods, table=route_tables(), allow=st.booleans())
+@example(raw="/%2Fapi", method="GET",
+         table=((Route(match="/*", access="public"),), Route(match="/**", access="guest")),
+         allow=True)  # an empty segment left by decoding: Starlette routes "//api" as it is
 def test_any_route_table_is_never_looser(raw: str, method: str,
                                          table: tuple[tuple[Route, ...], Route],
                                          allow: bool) -> None:
@@ -255,7 +260,7 @@ def test_every_encoded_separator_is_refused_by_default(raw: str) -> None:
         path, decoded = read_path(raw)
     except InvalidPath:
         return
-    assert decoded is None
+    assert decoded == ()
     for reading in (starlette_reading, django_reading, express_reading):
         seen = reading(path)
         if seen is not None:
@@ -280,14 +285,16 @@ def test_reported_bypass_is_refused_or_routed_strictly() -> None:
         else:  # pragma: no cover - the assertion message says what went wrong
             raise AssertionError(f"{raw!r} was not refused")
     path, decoded = read_path("/api%2Fadmin/stats", allow_encoded_slash=True)
-    assert (path, decoded) == ("/api%2Fadmin/stats", "/api/admin/stats")
+    assert (path, decoded) == ("/api%2Fadmin/stats", ("/api/admin/stats",))
     route = router.match("GET", path, decoded)
     assert decide(route, None, ()) is Decision.UNAUTHENTICATED
     assert decide(route, "user", ()) is Decision.FORBIDDEN
     assert decide(route, "user", ("admin",)) is Decision.ALLOW
     assert route.unauthenticated == "401"
+    # Decoding may leave an empty segment, which backends route as it is (or merge).
+    assert read_path("/%2Fapi", allow_encoded_slash=True) == ("/%2Fapi", ("/api", "//api"))
     path, decoded = read_path("/api%252Fadmin/stats", allow_encoded_slash=True)
-    assert decoded == "/api/admin/stats"
+    assert decoded == ("/api/admin/stats",)
     assert decide(router.match("GET", path, decoded), "user", ()) is Decision.FORBIDDEN
 
 
