@@ -31,7 +31,9 @@ class Gateway:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.metrics = Metrics()
-        self.audit = AuditLog(settings.audit.sink, on_event=self.metrics.event)
+        self.audit = AuditLog(settings.audit.sink, on_event=self.metrics.event,
+                              log_cache_hits=settings.audit.log_cache_hits,
+                              flush_interval_s=settings.audit.flush_interval_s)
         self.upstream = Upstream(settings.upstream)
         self.websockets = WebSocketRelay(self.upstream)
         self.auth_client = AuthClient(settings)

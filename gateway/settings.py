@@ -164,6 +164,8 @@ class DefaultRouteSettings:
 @dataclass(frozen=True)
 class AuditSettings:
     sink: str = "stdout"
+    log_cache_hits: bool = False  # auth.validated with cache = "hit": counted, written only if true
+    flush_interval_s: float = 0.5  # lines are buffered this long at most; 0 = write each at once
 
 
 @dataclass(frozen=True)
@@ -427,6 +429,7 @@ def _check(s: Settings, problems: list[str]) -> None:
         check(s, problems)
     if not s.audit.sink:
         problems.append("audit.sink: must be stdout, stderr or a file path")
+    _range(s.audit.flush_interval_s, "audit.flush_interval_s", problems, low=0, high=60)
 
 
 def _check_server(s: Settings, problems: list[str]) -> None:
