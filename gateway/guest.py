@@ -19,7 +19,6 @@ import time
 import uuid
 from dataclasses import dataclass
 
-import jwt
 from cachetools import TTLCache
 
 from gateway.authclient import AuthClient, BackendUnavailable, dig
@@ -87,6 +86,8 @@ class GuestIssuer:
 
     def validate_local(self, token: str) -> Identity | None:
         """A local guest token's identity, or None if forged, expired or not a guest token."""
+        import jwt  # only local mode needs PyJWT (and, through it, cryptography: ~15 MB RSS)
+
         try:
             claims = jwt.decode(token, self._secret, algorithms=["HS256"],
                                 options={"require": ["exp", "iat", "sub"]})
@@ -99,6 +100,8 @@ class GuestIssuer:
         return guest_identity(sub)
 
     def _sign(self) -> Guest:
+        import jwt
+
         now = int(time.time())
         # Whole seconds (PyJWT truncates), ttl rounded up: a 0.5 s ttl must not be born dead.
         guest_id = f"guest:{uuid.uuid4()}"

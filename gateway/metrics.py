@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
@@ -19,12 +20,24 @@ class Metrics:
         self._responses = Counter("gateway_http_responses", "Responses sent, by status code",
                                   ["code"], registry=self.registry)
         self._gauges: list[Gauge] = []
+        # labels() looks its child up under a lock on every call: keep the children, since
+        # every request counts at least one response and usually one event.
+        self._event_children: dict[tuple[str, str], Any] = {}
+        self._response_children: dict[int, Any] = {}
 
     def event(self, name: str, outcome: str) -> None:
-        self._events.labels(name, outcome).inc()
+        child = self._event_children.get((name, outcome))
+        if child is None:
+            child = self._events.labels(name, outcome)
+            self._event_children[(name, outcome)] = child
+        child.inc()
 
     def response(self, status: int) -> None:
-        self._responses.labels(str(status)).inc()
+        child = self._response_children.get(status)
+        if child is None:
+            child = self._responses.labels(str(status))
+            self._response_children[status] = child
+        child.inc()
 
     def gauge(self, name: str, documentation: str, read: Callable[[], float]) -> None:
         gauge = Gauge(name, documentation, registry=self.registry)
