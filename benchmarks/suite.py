@@ -383,7 +383,7 @@ def _rss(bench: Bench, target: Target, tokens: int) -> Row:
             break
     after_mb = target.rss_mb()
     row = Row("rss", target.name, 64, int(entries), 0.0, float("nan"), float("nan"), 0.0, 0.0, 0,
-              {k: v for k, v in bench.stats().items() if v}, {"me": tokens}, _load(),
+              {k: v for k, v in bench.stats().items() if v}, {"me": int(entries)}, _load(),
               f"RSS {before_mb:.1f} MB -> {after_mb:.1f} MB with {entries:.0f} cached tokens")
     bench.rows.append(row)
     print(f"  rss           {target.name:<17}{row.note}", flush=True)
