@@ -1,4 +1,4 @@
-"""The audit stream: one JSON object per line, for every auth decision (docs in README.md).
+"""The audit stream: one JSON object per line per auth decision ([audit], gateway.toml.example).
 
 It sits on every authenticated request, so it is built to cost little (benchmarks/README.md):
 
