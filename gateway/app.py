@@ -35,7 +35,9 @@ class Gateway:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.metrics = Metrics()
-        self.audit = AuditLog(settings.audit.sink, on_event=self.metrics.event)
+        self.audit = AuditLog(settings.audit.sink, on_event=self.metrics.event,
+                              log_cache_hits=settings.audit.log_cache_hits,
+                              flush_interval_s=settings.audit.flush_interval_s)
         trusted = TrustedProxies(settings.server.trusted_proxies)
         self.own_cookies = OwnCookies(settings)
         self.access_log = (AccessLog(settings.access_log.sink)

@@ -19,7 +19,6 @@ import time
 import uuid
 from dataclasses import dataclass
 
-import jwt
 from cachetools import TTLCache
 
 from gateway.authclient import AuthClient, BackendUnavailable, dig
@@ -29,6 +28,7 @@ from gateway.tokens import is_token, jwt_claims, token_key
 from gateway.validation import GUEST_MARK, Identity
 
 MIN_SECRET_BYTES = 32
+_VERIFIED_ENTRIES = 4096  # local guest tokens remembered as verified (the most recent)
 _WINDOW_S = 60.0
 
 
@@ -82,11 +82,23 @@ class GuestIssuer:
         self._per_client: TTLCache[str, tuple[float, int]] = TTLCache(
             maxsize=100_000, ttl=_WINDOW_S)
         self._everyone: tuple[float, int] = (time.monotonic(), 0)  # window start, issued
+        # token hash -> (identity, exp) of local guest tokens whose signature checked out
+        self._verified: dict[bytes, tuple[Identity, float]] = {}
 
     # ---------------------------------------------------------------- local tokens
 
     def validate_local(self, token: str) -> Identity | None:
-        """A local guest token's identity, or None if forged, expired or not a guest token."""
+        """A local guest token's identity, or None if forged, expired or not a guest token.
+
+        A guest comes back with the same cookie on every request: a token that passed is
+        remembered (by its hash, like the validation cache) until its ``exp``, so the
+        signature is checked and the identity built once, not per request."""
+        key = token_key(token)
+        seen = self._verified.get(key)
+        if seen is not None and time.time() < seen[1]:
+            return seen[0]
+        import jwt  # only local mode needs PyJWT (and, through it, cryptography: ~15 MB RSS)
+
         try:
             claims = jwt.decode(token, self._secret, algorithms=["HS256"],
                                 options={"require": ["exp", "iat", "sub"]})
@@ -96,9 +108,15 @@ class GuestIssuer:
         if claims.get("typ") != "guest" or not isinstance(sub, str) or \
                 not sub.startswith("guest:"):
             return None
-        return guest_identity(sub)
+        identity = guest_identity(sub)
+        if len(self._verified) >= _VERIFIED_ENTRIES:
+            del self._verified[next(iter(self._verified))]  # the oldest
+        self._verified[key] = (identity, float(claims["exp"]))
+        return identity
 
     def _sign(self) -> Guest:
+        import jwt
+
         now = int(time.time())
         # Whole seconds (PyJWT truncates), ttl rounded up: a 0.5 s ttl must not be born dead.
         guest_id = f"guest:{uuid.uuid4()}"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, cast
@@ -21,6 +20,7 @@ from gateway.login import LoginCapture, Logout
 from gateway.metrics import AccessLevel
 from gateway.owncookies import OwnCookies
 from gateway.proxy import TrustedProxies, Upstream, upstream_request_headers
+from gateway.requestid import new_request_id
 from gateway.responses import send_empty, send_error, send_redirect
 from gateway.routes import (
     Decision,
@@ -86,7 +86,7 @@ def request_id_of(scope: Scope) -> str:
     for name, value in scope["headers"]:
         if name == b"x-request-id" and _REQUEST_ID.fullmatch(value):
             return str(value.decode("ascii"))
-    return uuid.uuid4().hex
+    return new_request_id()
 
 
 def _decorate(send: Send, added: list[tuple[bytes, bytes]], count: Callable[[int], None],

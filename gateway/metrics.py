@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 from prometheus_client import (
     CollectorRegistry,
@@ -98,12 +98,24 @@ class Metrics:
             "per worker)", registry=r, multiprocess_mode="livesum")
         self._sampled: list[tuple[Gauge, Callable[[], float]]] = []
         self._sampled_at = 0.0
+        # labels() looks its child up under a lock on every call: keep the children, since
+        # every request counts at least one response and usually one event.
+        self._event_children: dict[tuple[str, str], Any] = {}
+        self._response_children: dict[int, Any] = {}
 
     def event(self, name: str, outcome: str) -> None:
-        self._events.labels(name, outcome).inc()
+        child = self._event_children.get((name, outcome))
+        if child is None:
+            child = self._events.labels(name, outcome)
+            self._event_children[(name, outcome)] = child
+        child.inc()
 
     def response(self, status: int) -> None:
-        self._responses.labels(str(status)).inc()
+        child = self._response_children.get(status)
+        if child is None:
+            child = self._responses.labels(str(status))
+            self._response_children[status] = child
+        child.inc()
 
     def request(self, access: AccessLevel, status: int, seconds: float) -> None:
         self._requests.labels(access, status_class(status)).observe(seconds)

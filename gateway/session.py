@@ -21,7 +21,6 @@ from gateway.tokens import (
     FoundToken,
     MalformedToken,
     find_token,
-    jwt_claims,
     request_cookies,
     token_schemes,
 )
@@ -147,11 +146,11 @@ class Sessions:
             return True
         if not self._guests.local:
             return False
-        claims = jwt_claims(found.value)
+        claims = found.claims()
         return claims is not None and claims.get("typ") == "guest"
 
     async def _validate(self, found: FoundToken, info: RequestInfo) -> Session:
-        fp = token_fp(found.value)
+        fp = found.fp
         if self._guests.local and self._is_guest(found):
             result = Validation(self._guests.validate_local(found.value), "miss", local=True)
         else:

@@ -194,6 +194,8 @@ class DefaultRouteSettings:
 @dataclass(frozen=True)
 class AuditSettings:
     sink: str = "stdout"
+    log_cache_hits: bool = False  # auth.validated with cache = "hit": counted, written only if true
+    flush_interval_s: float = 0.5  # lines are buffered this long at most; 0 = write each at once
 
 
 @dataclass(frozen=True)
@@ -489,6 +491,7 @@ def _check(s: Settings, problems: list[str]) -> None:
         problems.append("audit.sink: must be stdout, stderr or a file path")
     if not s.access_log.sink:
         problems.append("access_log.sink: must be stdout, stderr or a file path")
+    _range(s.audit.flush_interval_s, "audit.flush_interval_s", problems, low=0, high=60)
 
 
 def _check_server(s: Settings, problems: list[str]) -> None:

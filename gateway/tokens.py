@@ -9,7 +9,7 @@ import json
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, TypeGuard
 
 from gateway.settings import CookieSettings
@@ -25,16 +25,33 @@ class MalformedToken(ValueError):
     """A credential that is present but cannot be a token (never sent to the backend)."""
 
 
+_UNPARSED: Any = object()
+
+
 @dataclass(frozen=True, slots=True)
 class FoundToken:
     value: str
     source: Source
     refresh: str | None = None  # the refresh cookie, when the token came from cookies
+    # Cache and single-flight key: a hash of the token, never the token itself. Hashed once
+    # per request: ``fp`` (the audit's token_fp) is the first 12 hex digits of the same hash.
+    key: bytes = field(init=False, repr=False, compare=False)
+    _claims: dict[str, Any] | None = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", token_key(self.value))
+        object.__setattr__(self, "_claims", _UNPARSED)
 
     @property
-    def key(self) -> bytes:
-        """Cache and single-flight key: a hash of the token, never the token itself."""
-        return token_key(self.value)
+    def fp(self) -> str:
+        """``token_fp`` of the token (gateway/audit.py), from the hash already taken."""
+        return self.key.hex()[:12]
+
+    def claims(self) -> dict[str, Any] | None:
+        """:func:`jwt_claims` of the token, decoded at most once per request."""
+        if self._claims is _UNPARSED:
+            object.__setattr__(self, "_claims", jwt_claims(self.value))
+        return self._claims
 
 
 def token_key(token: str) -> bytes:

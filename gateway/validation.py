@@ -19,7 +19,7 @@ from gateway.authclient import AuthClient, BackendUnavailable, dig
 from gateway.settings import Settings
 from gateway.singleflight import SharedFlight
 from gateway.state import MemoryStore, Store
-from gateway.tokens import FoundToken, claims_exp, jwt_claims, token_key
+from gateway.tokens import FoundToken, claims_exp, token_key
 
 TokenType = Literal["user", "guest"]
 CacheState = Literal["hit", "miss", "merged"]
@@ -28,6 +28,7 @@ _CACHE = b"validated:"
 # (no JSON user can pack to this).
 _REJECTED = b"!"
 GUEST_MARK = b"guest-issued:"  # tokens the gateway obtained as guest tokens: never users
+_MEMO_ENTRIES = 4096  # decoded identities held in front of the store (the most recent tokens)
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +117,8 @@ class Validator:
         # with one bogus token cost one backend call, not 20,000.
         self._rejected_ttl = min(auth.invalid_cache_ttl_s, auth.cache_ttl_s)
         self._flights = SharedFlight(store, b"validate")
+        # token hash -> (the store's bytes, their decoded identity, valid until)
+        self._memo: dict[bytes, tuple[bytes, Identity | None, float]] = {}
 
     @property
     def cache_size(self) -> int:
@@ -128,11 +131,11 @@ class Validator:
         if self._ttl > 0:
             cached = await self._store.get(_CACHE + key)
             if cached:
-                known, until = _unpack(cached)
+                known, until = self._decoded(key, cached)
                 if until >= time.time():
                     return Validation(known, "hit")
                 await self._store.delete(_CACHE + key)  # the token expired in the window
-        claims = jwt_claims(token.value)
+        claims = token.claims()
         expires = self._expires(claims)
         if expires < time.time():
             return Validation(None, "miss", local=True)
@@ -143,6 +146,19 @@ class Validator:
             recheck=self._cached(key) if self._ttl > 0 else None)
         identity, _ = _unpack(packed)
         return Validation(identity, "merged" if merged else "miss")
+
+    def _decoded(self, key: bytes, packed: bytes) -> tuple[Identity | None, float]:
+        """:func:`_unpack`, remembered per token while the store holds the same bytes: a cache
+        hit does not decode JSON and rebuild the identity. The store stays the source of
+        truth (shared across replicas with Redis): when its entry changes, so do the bytes."""
+        memo = self._memo.get(key)
+        if memo is not None and memo[0] == packed:
+            return memo[1], memo[2]
+        identity, until = _unpack(packed)
+        if len(self._memo) >= _MEMO_ENTRIES:
+            del self._memo[next(iter(self._memo))]  # the oldest entry: hot tokens come back
+        self._memo[key] = (packed, identity, until)
+        return identity, until
 
     def _cached(self, key: bytes) -> Callable[[], Awaitable[bytes | None]]:
         async def lookup() -> bytes | None:

@@ -126,6 +126,9 @@ def make_gateway(tmp_path: Path, backend: Backend) -> Iterator[MakeGateway]:
         data.setdefault("upstream", {}).setdefault("url", upstream or backend.url)
         audit_path = tmp_path / f"audit-{len(running)}.jsonl"
         data.setdefault("audit", {}).setdefault("sink", str(audit_path))
+        # Tests read the file right after a response: each line written at once (buffering
+        # has its own tests in tests/e2e/test_audit_stream.py).
+        data["audit"].setdefault("flush_interval_s", 0)
         app = create_app(settings_from_mapping(data))
         server = ServerThread(app, **server_options).start()
         gateway = RunningGateway(app, server, Path(data["audit"]["sink"]))

@@ -49,6 +49,8 @@ secure = false            # the demo runs on plain http://127.0.0.1
 
 [audit]
 sink = "{audit}"
+log_cache_hits = true     # the dashboard shows "validated from cache" too
+flush_interval_s = 0.2    # and shows it promptly
 
 [[routes]]
 match = "/"

@@ -202,7 +202,7 @@ async def test_backend_mode_issues_and_forwards_guest_token(
 
 async def test_backend_mode_reuse_validates_once_per_cache_window(
         make_gateway: MakeGateway, backend: Backend) -> None:
-    gateway = make_gateway(BACKEND_MODE)
+    gateway = make_gateway(BACKEND_MODE + "\n[audit]\nlog_cache_hits = true\n")
     token = new_guest_token(await get(gateway, "/api/echo/a"))
     sub = unverified(token)["sub"]
     before = counts(backend)

@@ -157,7 +157,7 @@ def gw(backend: Backend, tmp_path_factory: pytest.TempPathFactory) -> Iterator[R
     data = tomllib.loads(PUBLIC)
     audit_path = tmp_path_factory.mktemp("proxy") / "audit.jsonl"
     data["upstream"] = {"url": backend.url}
-    data["audit"] = {"sink": str(audit_path)}
+    data["audit"] = {"sink": str(audit_path), "flush_interval_s": 0}
     app = create_app(settings_from_mapping(data))
     server = ServerThread(app).start()
     yield RunningGateway(app, server, audit_path)

@@ -51,7 +51,7 @@ def write_config(directory: Path, name: str, backend: Backend, state: dict[str, 
         "upstream": {"url": backend.url},
         "cookies": {"secure": False},
         "auth": {"retry_backoff_s": 0.01, "cache_ttl_s": 5},
-        "audit": {"sink": str(directory / f"{name}.jsonl")},
+        "audit": {"sink": str(directory / f"{name}.jsonl"), "flush_interval_s": 0},
         "state": state,
     })
     data["routes"] = [{"match": "/api/echo/**", "access": "user"}, *data["routes"]]

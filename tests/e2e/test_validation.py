@@ -82,6 +82,11 @@ access = "user"
 
 
 
+# Cache hits are counted in the metrics but written only with this key (tests that look at
+# every validation turn it on).
+LOG_CACHE_HITS = "\n[audit]\nlog_cache_hits = true\n"
+
+
 def routes_with(*auth_lines: str, extra: str = "") -> str:
     """:data:`ROUTES` with more ``[auth]`` keys (and more tables after it)."""
     return ROUTES.replace("[auth]\n", "[auth]\n" + "".join(f"{line}\n" for line in auth_lines),
@@ -202,7 +207,7 @@ def raw_request(base_url: str, target: bytes, headers: Sequence[tuple[bytes, byt
 async def test_100_concurrent_requests_one_backend_call(
     make_gateway: MakeGateway, backend: Backend
 ) -> None:
-    gateway = make_gateway(ROUTES)
+    gateway = make_gateway(ROUTES + LOG_CACHE_HITS)
     token = backend.token(1)
     before = me_calls(backend)
     limits = httpx.Limits(max_connections=100, max_keepalive_connections=100)
@@ -291,7 +296,7 @@ async def test_concurrent_requests_during_an_outage_share_one_round_of_retries(
 
 
 def test_cache_ttl_and_one_call_per_token(make_gateway: MakeGateway, backend: Backend) -> None:
-    gateway = make_gateway(routes_with("cache_ttl_s = 0.5"))
+    gateway = make_gateway(routes_with("cache_ttl_s = 0.5", extra=LOG_CACHE_HITS))
     first, second = backend.token(1), backend.token(2)
     before = me_calls(backend)
     with httpx.Client(base_url=gateway.url) as client:
@@ -992,7 +997,7 @@ def test_spoofed_identity_headers_are_replaced(make_gateway: MakeGateway, backen
 
 
 def test_audit_events(make_gateway: MakeGateway, backend: Backend) -> None:
-    gateway = make_gateway(ROUTES)
+    gateway = make_gateway(ROUTES + LOG_CACHE_HITS)
     demo, expired = backend.token(1), backend.token(1, ttl_s=-120)
     with httpx.Client(base_url=gateway.url) as client:
         first = client.get("/api/items", headers={**bearer(demo), "x-request-id": "req-one"})

@@ -1,0 +1,1 @@
+-- No credentials at all (a first visit).
