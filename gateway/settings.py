@@ -181,6 +181,11 @@ class StateSettings:
     backend: str = "memory"
     redis_url: str = "redis://127.0.0.1:6379/0"
     key_env: str = "GATEWAY_STATE_KEY"
+    password_env: str = ""  # environment variable holding the Redis password (AUTH)
+    tls_ca_file: str = ""  # rediss://: CA bundle that signed the server's certificate
+    timeout_s: float = 2.0  # per operation; a longer event-loop stall than this is an incident
+    recheck_s: float = 1.0  # while degraded: probe Redis about this often (jittered)
+    settle_s: float = 15.0  # after an incident: rejections are 503, not logouts, this long
 
 
 @dataclass(frozen=True)
@@ -558,3 +563,10 @@ def _check_state(s: Settings, problems: list[str]) -> None:
             problems.append("state.redis_url: must be a redis://, rediss:// or unix:// URL")
         if not s.state.key_env:
             problems.append("state.key_env: required with state.backend = \"redis\"")
+        if s.state.tls_ca_file and parts is not None and parts.scheme != "rediss":
+            problems.append("state.tls_ca_file: only used with a rediss:// redis_url")
+    _range(s.state.timeout_s, "state.timeout_s", problems, low=0, low_inclusive=False,
+           high=60)
+    _range(s.state.recheck_s, "state.recheck_s", problems, low=0, low_inclusive=False,
+           high=300)
+    _range(s.state.settle_s, "state.settle_s", problems, low=0, high=3600)

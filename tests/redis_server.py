@@ -8,6 +8,7 @@ and started again on the same port, which is how the tests take Redis away mid-r
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import shutil
 import socket
@@ -33,6 +34,17 @@ def _ping(port: int, timeout: float = 0.5) -> bool:
             return sock.recv(64).startswith(b"+PONG")
     except OSError:
         return False
+
+
+_STARTED: set[RedisServer] = set()
+
+
+@atexit.register
+def _kill_leftovers() -> None:
+    """A last resort for a test run that ends (or is interrupted) before a fixture's
+    teardown: no ``redis-server`` outlives the run. Fixtures still close what they start."""
+    for server in list(_STARTED):
+        server.close()
 
 
 class RedisServer:
@@ -61,6 +73,7 @@ class RedisServer:
                 "--save", "", "--appendonly", "no", "--dir", str(self.dir),
                 "--protected-mode", "no", "--loglevel", "warning"]
         deadline = time.monotonic() + timeout
+        _STARTED.add(self)
         while True:
             self.proc = subprocess.Popen(args, cwd=self.dir, stdout=subprocess.DEVNULL,
                                          stderr=subprocess.PIPE)
@@ -107,6 +120,7 @@ class RedisServer:
 
     def close(self) -> None:
         self.kill()
+        _STARTED.discard(self)
         with contextlib.suppress(OSError):
             self._tmp.cleanup()
 
