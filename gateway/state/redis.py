@@ -48,6 +48,8 @@ from gateway.state.memory import MemoryStore
 MIN_KEY_BYTES = 32
 _PREFIX = b"gw:"
 _UNSETTLED = b"state:unsettled"
+_ALIVE = b"state:alive:"
+_ALIVE_BEATS = 30  # the liveness key outlives this many missed heartbeats
 _NONCE = 12
 _POOL_SIZE = 64
 _RESYNC_BATCH = 500
@@ -62,6 +64,10 @@ return 0
 _FAILURES = (RedisError, OSError, TimeoutError)
 _T = TypeVar("_T")
 _jitter = random.SystemRandom()
+
+
+class RedisDataLost(Exception):
+    """Redis answers, but without the keys this process wrote (restarted empty)."""
 
 
 def state_key_material(settings: Settings) -> bytes:
@@ -134,6 +140,13 @@ class RedisStore(Store):
         self._settled_at = 0.0
         self._incidents = 0
         self._watcher: asyncio.Task[None] | None = None
+        self._heart: asyncio.Task[None] | None = None
+        # Our own liveness key: if it vanishes before its TTL, Redis lost its data (a restart
+        # without persistence, a flush, a failover to an empty replica) and with it the
+        # grace entries this process wrote; connection errors alone do not tell (redis-py
+        # reconnects on its own).
+        self._alive = _ALIVE + self._owner
+        self._alive_written = False
 
     # ------------------------------------------------------------ the state machine
 
@@ -149,6 +162,29 @@ class RedisStore(Store):
 
     async def start(self) -> None:
         await self.check()
+        self._heart = asyncio.ensure_future(self._heartbeat())
+
+    async def _heartbeat(self) -> None:
+        """Every ``recheck_s`` (jittered): refresh our liveness key and notice when Redis
+        has lost it, or is gone, even with no traffic."""
+        ttl_ms = max(1000, int(self._recheck * 1000 * _ALIVE_BEATS))
+        first = True
+        while True:
+            if not first:
+                await asyncio.sleep(self._recheck * _jitter.uniform(0.5, 1.5))
+            first = False
+            if self.state not in ("healthy", "recovering"):
+                continue
+            try:
+                before = await asyncio.wait_for(
+                    self._probe_client.set(self._key(self._alive), b"1", px=ttl_ms, get=True),
+                    self._timeout)
+            except _FAILURES as exc:
+                self._failed(exc)
+                continue
+            if before is None and self._alive_written:
+                self._failed(RedisDataLost("Redis lost this process's keys"))
+            self._alive_written = True
 
     async def check(self) -> bool:
         """PING Redis now (for ``/__gateway/ready``): an idle replica must notice an outage
@@ -162,10 +198,11 @@ class RedisStore(Store):
         return self.healthy
 
     async def close(self) -> None:
-        if self._watcher is not None:
-            self._watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watcher
+        for task in (self._watcher, self._heart):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self._redis.aclose()
         await self._probe_client.aclose()
 
