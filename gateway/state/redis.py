@@ -48,7 +48,7 @@ from gateway.state.memory import MemoryStore
 MIN_KEY_BYTES = 32
 _PREFIX = b"gw:"
 _UNSETTLED = b"state:unsettled"
-_ALIVE = b"state:alive:"
+_ALIVE = b"alive:"  # + owner: each process's liveness key (see _heartbeat)
 _ALIVE_BEATS = 30  # the liveness key outlives this many missed heartbeats
 _NONCE = 12
 _POOL_SIZE = 64
@@ -145,7 +145,7 @@ class RedisStore(Store):
         # without persistence, a flush, a failover to an empty replica) and with it the
         # grace entries this process wrote; connection errors alone do not tell (redis-py
         # reconnects on its own).
-        self._alive = _ALIVE + self._owner
+        self._alive = _PREFIX + _ALIVE + self._owner  # a random name, no token in it
         self._alive_written = False
 
     # ------------------------------------------------------------ the state machine
@@ -177,7 +177,7 @@ class RedisStore(Store):
                 continue
             try:
                 before = await asyncio.wait_for(
-                    self._probe_client.set(self._key(self._alive), b"1", px=ttl_ms, get=True),
+                    self._probe_client.set(self._alive, self._seal(b"1"), px=ttl_ms, get=True),
                     self._timeout)
             except _FAILURES as exc:
                 self._failed(exc)
