@@ -186,6 +186,8 @@ class StateSettings:
     timeout_s: float = 2.0  # per operation; a longer event-loop stall than this is an incident
     recheck_s: float = 1.0  # while degraded: probe Redis about this often (jittered)
     settle_s: float = 15.0  # after an incident: rejections are 503, not logouts, this long
+    sentinels: tuple[str, ...] = ()  # "host:port" of Redis Sentinels; the master comes from them
+    sentinel_service: str = "mymaster"  # the master's name in the Sentinels' configuration
 
 
 @dataclass(frozen=True)
@@ -555,6 +557,15 @@ def _check_cors(s: Settings, problems: list[str]) -> None:
     _range(c.max_age_s, "cors.max_age_s", problems, low=0)
 
 
+def sentinel_address(text: str) -> tuple[str, int] | None:
+    """``host:port`` (``[v6]:port`` too) as a pair, or None when it is not one."""
+    host, sep, port = text.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        return None
+    return host, int(port)
+
+
 def _check_state(s: Settings, problems: list[str]) -> None:
     _one_of(s.state.backend, STATE_BACKENDS, "state.backend", problems)
     if s.state.backend == "redis":
@@ -565,6 +576,16 @@ def _check_state(s: Settings, problems: list[str]) -> None:
             problems.append("state.key_env: required with state.backend = \"redis\"")
         if s.state.tls_ca_file and parts is not None and parts.scheme != "rediss":
             problems.append("state.tls_ca_file: only used with a rediss:// redis_url")
+        for index, address in enumerate(s.state.sentinels):
+            if sentinel_address(address) is None:
+                problems.append(f"state.sentinels[{index}]: must be host:port, not {address!r}")
+        if (parts is not None and parts.scheme != "unix"
+                and not parts.path.strip("/").isdigit() and parts.path.strip("/")):
+            problems.append("state.redis_url: the path must be a database number, like /0")
+        if s.state.sentinels and parts is not None and parts.scheme == "unix":
+            problems.append("state.sentinels: needs a redis:// or rediss:// redis_url")
+        if s.state.sentinels and not s.state.sentinel_service:
+            problems.append("state.sentinel_service: required with state.sentinels")
     _range(s.state.timeout_s, "state.timeout_s", problems, low=0, low_inclusive=False,
            high=60)
     _range(s.state.recheck_s, "state.recheck_s", problems, low=0, low_inclusive=False,

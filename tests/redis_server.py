@@ -26,7 +26,7 @@ def redis_binary() -> str | None:
     return shutil.which("redis-server")
 
 
-def _ping(port: int, timeout: float = 0.5) -> bool:
+def ping(port: int, timeout: float = 0.5) -> bool:
     """A raw ``PING`` (no client library involved): True when the server answers ``+PONG``."""
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
@@ -78,7 +78,7 @@ class RedisServer:
             self.proc = subprocess.Popen(args, cwd=self.dir, stdout=subprocess.DEVNULL,
                                          stderr=subprocess.PIPE)
             while time.monotonic() < deadline and self.proc.poll() is None:
-                if _ping(self.port):
+                if ping(self.port):
                     return self
                 time.sleep(0.02)
             if self.proc.poll() is None:

@@ -88,3 +88,18 @@ def test_password_env_must_be_set(tmp_path: Path) -> None:
                  {**env, "TEST_REDIS_PASSWORD": "s3cret-pass"})
     assert ok.returncode == 0, ok
     assert "s3cret-pass" not in ok.stdout + ok.stderr
+
+
+def test_bad_state_keys_are_named(tmp_path: Path) -> None:
+    config = write_config(tmp_path, 'backend = "redis"\nredis_url = "redis://h:6379/zero"\n'
+                          'sentinels = ["h:26379", "no-port"]\ntimeout_s = 0\n'
+                          'tls_ca_file = "/ca.pem"')
+    result = gateway(["check", "--config", str(config)],
+                     {"GATEWAY_STATE_KEY": STATE_KEY, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 2, result
+    assert sorted(result.stderr.strip().splitlines()) == sorted([
+        "state.redis_url: the path must be a database number, like /0",
+        "state.sentinels[1]: must be host:port, not 'no-port'",
+        "state.timeout_s: must be > 0 and <= 60",
+        "state.tls_ca_file: only used with a rediss:// redis_url",
+    ])

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 
 from gateway.audit import AuditLog
 from gateway.authclient import AuthClient, BackendUnavailable
@@ -23,7 +25,8 @@ from gateway.state import MemoryStore
 from gateway.state.redis import RedisStore
 from gateway.validation import GUEST_MARK, Validator
 from tests.conftest import Backend
-from tests.redis_server import RedisServer, redis_binary
+from tests.redis_server import RedisServer, ping, redis_binary
+from tests.servers import free_port
 
 KEY_ENV = "TEST_FAILSAFE_STATE_KEY"
 
@@ -208,3 +211,45 @@ async def test_each_namespace_has_its_own_bound() -> None:
     assert await store.get(b"validated:0") is None  # its own kind was bounded
     assert await store.get(b"validated:399") == b"user"
     assert len(store) == 2 + 200 + 200
+
+
+async def test_sentinel_finds_the_master(private_redis: RedisServer, tmp_path: Path,
+                                         backend: Backend, monkeypatch: pytest.MonkeyPatch
+                                         ) -> None:
+    """``state.sentinels``: the store asks a real Sentinel (``redis-server --sentinel``) where
+    the master is; ``redis_url``'s host is not used."""
+    assert private_redis.binary
+    port = free_port()
+    conf = tmp_path / "sentinel.conf"
+    conf.write_text(f"port {port}\nbind 127.0.0.1\ndir {tmp_path}\n"
+                    f"sentinel monitor gwmaster 127.0.0.1 {private_redis.port} 1\n")
+    sentinel = subprocess.Popen([private_redis.binary, str(conf), "--sentinel"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while not ping(port) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        monkeypatch.setenv(KEY_ENV, "k" * 64)
+        settings = settings_from_mapping({
+            "upstream": {"url": backend.url},
+            "state": {"backend": "redis", "redis_url": "redis://nowhere.invalid:1/0",
+                      "key_env": KEY_ENV, "sentinels": [f"127.0.0.1:{port}"],
+                      "sentinel_service": "gwmaster"}})
+        audit = AuditLog(str(tmp_path / "audit.jsonl"))
+        store = RedisStore(settings, audit)
+        await store.start()
+        try:
+            await store.set(b"k:1", b"via sentinel", 30)
+            assert await store.get(b"k:1") == b"via sentinel"
+            assert store.state == "healthy"
+        finally:
+            await store.close()
+            audit.close()
+        raw = redis.Redis.from_url(private_redis.url)
+        try:
+            assert len([k for k in raw.scan_iter() if not k.startswith(b"gw:alive:")]) == 1
+        finally:
+            raw.close()
+    finally:
+        sentinel.kill()
+        sentinel.wait(10)

@@ -31,6 +31,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
 from cryptography.exceptions import InvalidTag
@@ -41,7 +42,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from gateway.audit import AuditLog
-from gateway.settings import Settings, SettingsError
+from gateway.settings import Settings, SettingsError, sentinel_address
 from gateway.state.base import Store, StoreState
 from gateway.state.memory import MemoryStore
 
@@ -109,6 +110,35 @@ def _connection_options(settings: Settings) -> dict[str, Any]:
     return options
 
 
+def _clients(settings: Settings) -> tuple[aioredis.Redis, aioredis.Redis]:
+    """The client for operations and the probe's own (a pool drained by a burst cannot fail
+    the probe). With ``state.sentinels`` both find the master through the Sentinels and
+    follow a failover; ``redis_url`` then only says TLS (``rediss://``) and the database."""
+    state = settings.state
+    options = _connection_options(settings)
+    if state.sentinels:
+        from redis.asyncio.sentinel import Sentinel
+
+        parts = urlsplit(state.redis_url)
+        options["db"] = int(parts.path.strip("/") or 0)
+        if parts.scheme == "rediss":
+            options["ssl"] = True
+        addresses = [sentinel_address(a) for a in state.sentinels]
+        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+            [a for a in addresses if a is not None],
+            sentinel_kwargs={"socket_timeout": state.timeout_s,
+                             "socket_connect_timeout": state.timeout_s},
+            **options)
+        return (sentinel.master_for(state.sentinel_service),
+                sentinel.master_for(state.sentinel_service))
+    # A burst of requests on one worker must queue for a pooled connection, not fail with
+    # "too many connections": a blocking pool, waited on longer than one operation.
+    pool = aioredis.BlockingConnectionPool.from_url(
+        state.redis_url, max_connections=_POOL_SIZE, timeout=2 * state.timeout_s, **options)
+    return (aioredis.Redis(connection_pool=pool),
+            aioredis.Redis.from_url(state.redis_url, max_connections=2, **options))
+
+
 class RedisStore(Store):
     shared = True
 
@@ -121,16 +151,7 @@ class RedisStore(Store):
         self._timeout = state.timeout_s
         self._recheck = state.recheck_s
         self._settle = state.settle_s
-        options = _connection_options(settings)
-        # A burst of requests on one worker must queue for a pooled connection, not fail with
-        # "too many connections": a blocking pool, waited on longer than one operation.
-        pool = aioredis.BlockingConnectionPool.from_url(
-            state.redis_url, max_connections=_POOL_SIZE, timeout=2 * state.timeout_s,
-            **options)
-        self._redis = aioredis.Redis(connection_pool=pool)
-        # The probe has its own connection: a pool drained by a burst cannot fail it.
-        self._probe_client = aioredis.Redis.from_url(state.redis_url, max_connections=2,
-                                                     **options)
+        self._redis, self._probe_client = _clients(settings)
         self._release = self._redis.register_script(_RELEASE)
         self._renew = self._redis.register_script(_RENEW)
         self._fallback = fallback or MemoryStore(settings.auth.cache_max_entries)
