@@ -21,7 +21,9 @@ from gateway.audit import AuditLog
 from gateway.authclient import AuthClient, BackendUnavailable
 from gateway.refresh import Refresher
 from gateway.settings import settings_from_mapping
+from gateway.singleflight import SharedFlight
 from gateway.state import MemoryStore
+from gateway.state.base import StateUnavailable
 from gateway.state.redis import RedisStore
 from gateway.validation import GUEST_MARK, Validator
 from tests.conftest import Backend
@@ -253,3 +255,39 @@ async def test_sentinel_finds_the_master(private_redis: RedisServer, tmp_path: P
     finally:
         sentinel.kill()
         sentinel.wait(10)
+
+
+class SlowWork:
+    def __init__(self, delay_s: float, result: bytes) -> None:
+        self.delay_s, self.result, self.runs = delay_s, result, 0
+
+    async def __call__(self) -> bytes:
+        self.runs += 1
+        await asyncio.sleep(self.delay_s)
+        return self.result
+
+
+async def test_a_slow_winner_keeps_its_claim(make_store: MakeStore) -> None:
+    """The winner renews its claim while it works: a backend call three claim lifetimes long
+    does not hand the work to a second process (which, with a rotating backend, would be
+    rejected)."""
+    a, b = await make_store(), await make_store()
+    slow, other = SlowWork(1.2, b"from a"), SlowWork(0.0, b"from b")
+    winner = asyncio.ensure_future(SharedFlight(a, b"t", claim_ttl_s=0.4).run(b"key", slow))
+    await asyncio.sleep(0.1)
+    value, merged = await asyncio.wait_for(
+        SharedFlight(b, b"t", claim_ttl_s=0.4).run(b"key", other), 10)
+    assert (value, merged) == (b"from a", True)
+    assert (slow.runs, other.runs) == (1, 0)
+    assert await winner == (b"from a", False)
+
+
+async def test_a_waiter_gives_up_after_its_bound(make_store: MakeStore) -> None:
+    a, b = await make_store(), await make_store()
+    slow = SlowWork(3.0, b"late")
+    winner = asyncio.ensure_future(SharedFlight(a, b"t", claim_ttl_s=0.6).run(b"key", slow))
+    await asyncio.sleep(0.1)
+    with pytest.raises(StateUnavailable):
+        await SharedFlight(b, b"t", claim_ttl_s=0.6, max_wait_s=0.5).run(
+            b"key", SlowWork(0.0, b"never"))
+    assert await winner == (b"late", False)
