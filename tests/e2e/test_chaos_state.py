@@ -43,7 +43,7 @@ CHAOS_STATE: dict[str, Any] = {}
 #: The backend's refresh answers this late: the refresh flight spans the fault.
 REFRESH_DELAY_S = 0.5
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = pytest.mark.timeout(240)  # the first test starts 8 processes
 
 
 @pytest.fixture(autouse=True)
