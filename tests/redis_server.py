@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import ctypes
+import ctypes.util
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -37,6 +40,18 @@ def ping(port: int, timeout: float = 0.5) -> bool:
 
 
 _STARTED: set[RedisServer] = set()
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec (Linux): SIGKILL it when the test process dies, even by a
+    signal that skips every teardown (a CI timeout's SIGTERM, SIGKILL). The signal follows
+    the *thread* that started it: start servers from the main thread only."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+_PR_SET_PDEATHSIG = 1
 
 
 @atexit.register
@@ -76,7 +91,7 @@ class RedisServer:
         _STARTED.add(self)
         while True:
             self.proc = subprocess.Popen(args, cwd=self.dir, stdout=subprocess.DEVNULL,
-                                         stderr=subprocess.PIPE)
+                                         stderr=subprocess.PIPE, preexec_fn=_die_with_parent)
             while time.monotonic() < deadline and self.proc.poll() is None:
                 if ping(self.port):
                     return self

@@ -272,11 +272,11 @@ async def test_a_slow_winner_keeps_its_claim(make_store: MakeStore) -> None:
     does not hand the work to a second process (which, with a rotating backend, would be
     rejected)."""
     a, b = await make_store(), await make_store()
-    slow, other = SlowWork(1.2, b"from a"), SlowWork(0.0, b"from b")
-    winner = asyncio.ensure_future(SharedFlight(a, b"t", claim_ttl_s=0.4).run(b"key", slow))
-    await asyncio.sleep(0.1)
+    slow, other = SlowWork(5.0, b"from a"), SlowWork(0.0, b"from b")
+    winner = asyncio.ensure_future(SharedFlight(a, b"t", claim_ttl_s=1.5).run(b"key", slow))
+    await asyncio.sleep(0.2)
     value, merged = await asyncio.wait_for(
-        SharedFlight(b, b"t", claim_ttl_s=0.4).run(b"key", other), 10)
+        SharedFlight(b, b"t", claim_ttl_s=1.5).run(b"key", other), 20)
     assert (value, merged) == (b"from a", True)
     assert (slow.runs, other.runs) == (1, 0)
     assert await winner == (b"from a", False)
@@ -284,10 +284,10 @@ async def test_a_slow_winner_keeps_its_claim(make_store: MakeStore) -> None:
 
 async def test_a_waiter_gives_up_after_its_bound(make_store: MakeStore) -> None:
     a, b = await make_store(), await make_store()
-    slow = SlowWork(3.0, b"late")
-    winner = asyncio.ensure_future(SharedFlight(a, b"t", claim_ttl_s=0.6).run(b"key", slow))
-    await asyncio.sleep(0.1)
+    slow = SlowWork(4.0, b"late")
+    winner = asyncio.ensure_future(SharedFlight(a, b"t", claim_ttl_s=3.0).run(b"key", slow))
+    await asyncio.sleep(0.2)
     with pytest.raises(StateUnavailable):
-        await SharedFlight(b, b"t", claim_ttl_s=0.6, max_wait_s=0.5).run(
+        await SharedFlight(b, b"t", claim_ttl_s=3.0, max_wait_s=0.5).run(
             b"key", SlowWork(0.0, b"never"))
     assert await winner == (b"late", False)

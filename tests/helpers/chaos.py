@@ -128,8 +128,10 @@ async def kill_and_restart(server: RedisServer, after_s: float, down_s: float) -
     """Kill ``server`` (SIGKILL: every key lost, connections reset) ``after_s`` from now and
     start it again on the same port ``down_s`` later."""
     await asyncio.sleep(after_s)
-    await asyncio.to_thread(server.kill)
+    # On this thread, not a worker thread: the server is started with PR_SET_PDEATHSIG, which
+    # fires when the thread that started it exits (see tests/redis_server.py).
+    server.kill()
     try:
         await asyncio.sleep(down_s)
     finally:
-        await asyncio.to_thread(server.start)
+        server.start()
