@@ -143,6 +143,18 @@ class Gateway:
                 return
 
 
+def _redis_extra_missing() -> str | None:
+    """One line when the ``redis`` extra is not installed (the Redis client and the cipher
+    that seals values at rest), instead of an ImportError traceback at startup."""
+    try:
+        import cryptography.hazmat.primitives.ciphers.aead  # noqa: F401
+        import redis.asyncio  # noqa: F401
+    except ImportError as exc:
+        return (f"state.backend: \"redis\" needs the redis extra ({exc.name or 'redis'} is not "
+                "installed): pip install 'gateway[redis]'")
+    return None
+
+
 def environment_problems(settings: Settings) -> list[str]:
     """What the environment lacks for these settings (keys named by ``*_env``), one line per
     problem naming the key; ``gateway check`` and ``gateway serve`` report them up front."""
@@ -151,9 +163,12 @@ def environment_problems(settings: Settings) -> list[str]:
     if settings.guest.enabled and settings.guest.mode == "local":
         checks.append(guest_secret)
     if settings.state.backend == "redis":
-        from gateway.state.redis import state_key_material
+        missing = _redis_extra_missing()
+        if missing:
+            return [missing]
+        from gateway.state.redis import redis_password, state_key_material
 
-        checks.append(state_key_material)
+        checks += [state_key_material, redis_password]
     for check in checks:
         try:
             check(settings)

@@ -24,7 +24,8 @@ from gateway.settings import Settings
 class BackendUnavailable(Exception):
     """The auth backend could not give an answer (after retries)."""
 
-    def __init__(self, reason: Literal["network", "backend_error"], detail: str,
+    def __init__(self, reason: Literal["network", "backend_error", "state_unavailable"],
+                 detail: str,
                  headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
         super().__init__(detail)
         self.reason = reason

@@ -67,7 +67,7 @@ class Endpoints:
         auth, state = await asyncio.gather(self._client.probe(self._probe_path),
                                            self._store.check())
         checks = {"auth": "ok" if auth else "unavailable",
-                  "state": "ok" if state else "degraded"}
+                  "state": "ok" if state else self._store.state}  # suspect | degraded
         ready = auth and state
         await send_json(send, 200 if ready else 503,
                         {"status": "ready" if ready else "unavailable", "checks": checks},

@@ -172,5 +172,6 @@ class GuestIssuer:
             guest_id = f"guest:{guest_id}"
         # Remember it as a guest token: presented later in Authorization, where the backend's
         # /auth/me may not say "guest", it must still never pass for a user.
-        await self._store.set(GUEST_MARK + token_key(token), b"1", self._mark_ttl)
+        await self._store.set(GUEST_MARK + token_key(token), b"1", self._mark_ttl,
+                              durable=True)
         return Guest(token, guest_identity(guest_id), forward_token=True)

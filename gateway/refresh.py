@@ -10,10 +10,16 @@
   client keeps sending after its cookies were cleared.
 * A network error or 5xx is retried by :class:`AuthClient` and then surfaces as
   :class:`BackendUnavailable` (503, cookies untouched); only a 400/401/403 is a rejection.
+* A rejection ends the session only when it cannot be the echo of another replica's rotation
+  (a rotating backend refuses a credential that was just used): the grace entry is read once
+  more, and if the shared state failed during this refresh, is not yet trusted again, or any
+  replica had trouble with it within ``[state] settle_s``, the answer is 503 (cookies
+  untouched) instead. See docs/shared-state.md.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from dataclasses import dataclass
@@ -23,6 +29,7 @@ from gateway.authclient import AuthClient, AuthReply, BackendUnavailable, dig
 from gateway.settings import Settings
 from gateway.singleflight import SharedFlight
 from gateway.state import Store
+from gateway.state.base import StateUnavailable
 from gateway.tokens import FoundToken, is_token, jwt_exp, token_key
 from gateway.validation import Identity, Validator
 
@@ -30,6 +37,9 @@ REJECTED_STATUSES = frozenset({400, 401, 403})
 _GRACE = b"grace:"
 _GRACE_OF = b"grace-of:"  # new token -> the credential whose grace handed it out
 _REJECTED = b"refresh-rejected:"  # credential -> the status the backend refused it with
+#: An undecidable rejection looks for a grace entry this long before answering 503: about
+#: the time other processes take to come back from an outage and write theirs back.
+_UNSETTLED_WAIT_S = 3.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,14 +101,18 @@ class Refresher:
     async def refresh(self, credential: str) -> RefreshResult:
         """Raises :class:`BackendUnavailable` when the backend gives no verdict."""
         key = token_key(credential)
+        mark = self._store.incidents  # any store failure from here on taints a rejection
         known = await self._known(key)
         if known is not None:
             data = json.loads(known)
             if "rejected" in data:
                 return RefreshResult(None, "remembered", data["rejected"])
             return RefreshResult(Refreshed.unpack(data), "grace")
-        packed, merged = await self._flights.run(
-            key, lambda: self._call(credential, key), recheck=lambda: self._known(key))
+        try:
+            packed, merged = await self._flights.run(
+                key, lambda: self._call(credential, key, mark), recheck=lambda: self._known(key))
+        except StateUnavailable as exc:
+            raise BackendUnavailable("state_unavailable", str(exc)) from None
         data = json.loads(packed)
         if "rejected" in data:
             return RefreshResult(None, "merged" if merged else "backend", data["rejected"])
@@ -123,12 +137,10 @@ class Refresher:
             await self._store.delete(_GRACE + origin)
             await self._store.delete(_GRACE_OF + key)
 
-    async def _call(self, credential: str, key: bytes) -> bytes:
+    async def _call(self, credential: str, key: bytes, mark: int) -> bytes:
         reply = await self._send(credential)
         if reply.status in REJECTED_STATUSES:
-            rejected = json.dumps({"rejected": reply.status}).encode("utf-8")
-            await self._store.set(_REJECTED + key, rejected, self._remember_s)
-            return rejected
+            return await self._rejected(key, reply.status, mark)
         if not reply.ok:  # 404, 429, ...: not a verdict on the session
             raise BackendUnavailable("backend_error", f"refresh answered {reply.status}")
         access = dig(reply.body, self._settings.access_path)
@@ -151,11 +163,40 @@ class Refresher:
         )
         packed = refreshed.pack()
         grace = self._settings.grace_s
-        await self._store.set(_GRACE + key, packed, grace)
+        await self._store.set(_GRACE + key, packed, grace, durable=True)
         for token in (refreshed.access, refreshed.refresh):  # so logout can end the grace
             if token and grace > 0:
-                await self._store.set(_GRACE_OF + token_key(token), key, grace)
+                await self._store.set(_GRACE_OF + token_key(token), key, grace, durable=True)
         return packed
+
+    async def _rejected(self, key: bytes, status: int, mark: int) -> bytes:
+        """The backend refused the credential: the end of the session, unless another
+        process may have just rotated it. Look for its grace entry once more (written while
+        this refresh was on its way); then refuse to decide (503) while the shared store
+        cannot vouch for the whole of this refresh. Only a decided rejection is remembered
+        and published to waiting processes."""
+        store = self._store
+        recent = await self._grace(key)
+        if recent is not None:
+            return recent
+        if store.incidents != mark or not store.trusted or await store.unsettled():
+            # Another process may have rotated this credential and be writing its grace
+            # entry back right now (its recovery is jittered): look a little longer.
+            deadline = time.monotonic() + _UNSETTLED_WAIT_S
+            while time.monotonic() < deadline:
+                await asyncio.sleep(0.2)
+                recent = await self._grace(key)
+                if recent is not None:
+                    return recent
+            raise BackendUnavailable(
+                "state_unavailable", f"refresh answered {status} while the shared state could "
+                "not rule out another replica's rotation")
+        rejected = json.dumps({"rejected": status}).encode("utf-8")
+        await store.set(_REJECTED + key, rejected, self._remember_s, durable=True)
+        return rejected
+
+    async def _grace(self, key: bytes) -> bytes | None:
+        return await self._store.get(_GRACE + key) if self._settings.grace_s > 0 else None
 
     async def _send(self, credential: str) -> AuthReply:
         r = self._settings

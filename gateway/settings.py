@@ -240,6 +240,13 @@ class StateSettings:
     backend: str = "memory"
     redis_url: str = "redis://127.0.0.1:6379/0"
     key_env: str = "GATEWAY_STATE_KEY"
+    password_env: str = ""  # environment variable holding the Redis password (AUTH)
+    tls_ca_file: str = ""  # rediss://: CA bundle that signed the server's certificate
+    timeout_s: float = 2.0  # per operation; a longer event-loop stall than this is an incident
+    recheck_s: float = 1.0  # while degraded: probe Redis about this often (jittered)
+    settle_s: float = 15.0  # after an incident: rejections are 503, not logouts, this long
+    sentinels: tuple[str, ...] = ()  # "host:port" of Redis Sentinels; the master comes from them
+    sentinel_service: str = "mymaster"  # the master's name in the Sentinels' configuration
 
 
 @dataclass(frozen=True)
@@ -650,6 +657,15 @@ def _check_forward_auth(s: Settings, problems: list[str]) -> None:
             problems.append(f"forward_auth.trusted[{index}]: not an IP address or CIDR network")
 
 
+def sentinel_address(text: str) -> tuple[str, int] | None:
+    """``host:port`` (``[v6]:port`` too) as a pair, or None when it is not one."""
+    host, sep, port = text.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        return None
+    return host, int(port)
+
+
 def _check_state(s: Settings, problems: list[str]) -> None:
     _one_of(s.state.backend, STATE_BACKENDS, "state.backend", problems)
     if s.state.backend == "redis":
@@ -658,3 +674,20 @@ def _check_state(s: Settings, problems: list[str]) -> None:
             problems.append("state.redis_url: must be a redis://, rediss:// or unix:// URL")
         if not s.state.key_env:
             problems.append("state.key_env: required with state.backend = \"redis\"")
+        if s.state.tls_ca_file and parts is not None and parts.scheme != "rediss":
+            problems.append("state.tls_ca_file: only used with a rediss:// redis_url")
+        for index, address in enumerate(s.state.sentinels):
+            if sentinel_address(address) is None:
+                problems.append(f"state.sentinels[{index}]: must be host:port, not {address!r}")
+        if (parts is not None and parts.scheme != "unix"
+                and not parts.path.strip("/").isdigit() and parts.path.strip("/")):
+            problems.append("state.redis_url: the path must be a database number, like /0")
+        if s.state.sentinels and parts is not None and parts.scheme == "unix":
+            problems.append("state.sentinels: needs a redis:// or rediss:// redis_url")
+        if s.state.sentinels and not s.state.sentinel_service:
+            problems.append("state.sentinel_service: required with state.sentinels")
+    _range(s.state.timeout_s, "state.timeout_s", problems, low=0, low_inclusive=False,
+           high=60)
+    _range(s.state.recheck_s, "state.recheck_s", problems, low=0, low_inclusive=False,
+           high=300)
+    _range(s.state.settle_s, "state.settle_s", problems, low=0, high=3600)

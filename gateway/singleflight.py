@@ -11,7 +11,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Generic, TypeVar
 
-from gateway.state.base import Store
+from gateway.state.base import StateUnavailable, Store
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -51,16 +51,23 @@ class SharedFlight:
     ``result_ttl_s``; a loser polls for that result and never calls the backend itself. If the
     winner fails or dies, its claim is released or expires and a waiter takes over. With a
     store that is not shared (memory), this is exactly :class:`SingleFlight`.
+
+    The claim is short (``claim_ttl_s``) and the winner renews it while it works: a winner
+    that dies is replaced within ``claim_ttl_s``, one that is merely slow (a slow backend)
+    keeps its claim. A waiter gives up after ``max_wait_s`` with :class:`StateUnavailable`
+    (a 503 for its request) rather than wait forever on a claim that keeps being renewed.
     """
 
-    def __init__(self, store: Store, namespace: bytes, *, claim_ttl_s: float = 15.0,
-                 poll_s: float = 0.01, result_ttl_s: float = 5.0) -> None:
+    def __init__(self, store: Store, namespace: bytes, *, claim_ttl_s: float = 6.0,
+                 poll_s: float = 0.01, result_ttl_s: float = 5.0,
+                 max_wait_s: float = 60.0) -> None:
         self._store = store
         self._claim = namespace + b":claim:"
         self._done = namespace + b":done:"
         self._claim_ttl = claim_ttl_s
         self._poll = poll_s
         self._result_ttl = result_ttl_s
+        self._max_wait = max_wait_s
         self._local: SingleFlight[bytes, tuple[bytes, bool]] = SingleFlight()
 
     async def run(self, key: bytes, work: Callable[[], Awaitable[bytes]],
@@ -81,8 +88,11 @@ class SharedFlight:
         if not store.shared:
             return await work(), False
         claim, done = self._claim + key, self._done + key
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._max_wait
         while True:
             if await store.claim(claim, self._claim_ttl):
+                heartbeat = asyncio.ensure_future(self._renew(claim))
                 try:
                     found = await recheck() if recheck is not None else None
                     if found is not None:
@@ -91,14 +101,36 @@ class SharedFlight:
                     await store.set(done, value, self._result_ttl)
                     return value, False
                 finally:
+                    heartbeat.cancel()
                     await store.release(claim)
+            poll = self._poll
+            patience: float | None = None
             while True:  # another process is on it: wait for its result
-                await asyncio.sleep(self._poll)
+                await asyncio.sleep(poll)
+                poll = min(poll * 1.5, 0.1)
                 published = await store.get(done)
                 if published is not None:
                     return published, True
                 if not await store.held(claim):
-                    break  # it failed or died without a result: try to take over
+                    if store.healthy:
+                        break  # it failed or died without a result: try to take over
+                    # The store cannot say (suspect or degraded): the winner may still be at
+                    # work, and its result come back with the store. Wait up to one claim
+                    # lifetime before running the work here too.
+                    now = loop.time()
+                    patience = now + self._claim_ttl if patience is None else patience
+                    if now > patience:
+                        break
+                if loop.time() > deadline:
+                    raise StateUnavailable(f"another process held the claim for more than "
+                                           f"{self._max_wait:g}s")
             published = await store.get(done)
             if published is not None:
                 return published, True
+
+    async def _renew(self, claim: bytes) -> None:
+        """Keep the claim while the work runs; stop once it is no longer ours."""
+        while True:
+            await asyncio.sleep(self._claim_ttl / 3)
+            if not await self._store.renew(claim, self._claim_ttl):
+                return

@@ -19,6 +19,7 @@ from gateway.authclient import AuthClient, BackendUnavailable, dig
 from gateway.settings import Settings
 from gateway.singleflight import SharedFlight
 from gateway.state import MemoryStore, Store
+from gateway.state.base import StateUnavailable
 from gateway.tokens import FoundToken, claims_exp, token_key
 
 TokenType = Literal["user", "guest"]
@@ -141,9 +142,12 @@ class Validator:
             return Validation(None, "miss", local=True)
         guest = (token.source == "guest_cookie" or bool(claims and claims.get("typ") == "guest")
                  or await self._store.get(GUEST_MARK + key) is not None)
-        packed, merged = await self._flights.run(
-            key, lambda: self._ask_backend(token.value, key, guest, expires),
-            recheck=self._cached(key) if self._ttl > 0 else None)
+        try:
+            packed, merged = await self._flights.run(
+                key, lambda: self._ask_backend(token.value, key, guest, expires),
+                recheck=self._cached(key) if self._ttl > 0 else None)
+        except StateUnavailable as exc:
+            raise BackendUnavailable("state_unavailable", str(exc)) from None
         identity, _ = _unpack(packed)
         return Validation(identity, "merged" if merged else "miss")
 

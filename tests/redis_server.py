@@ -8,8 +8,12 @@ and started again on the same port, which is how the tests take Redis away mid-r
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import ctypes
+import ctypes.util
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -25,7 +29,7 @@ def redis_binary() -> str | None:
     return shutil.which("redis-server")
 
 
-def _ping(port: int, timeout: float = 0.5) -> bool:
+def ping(port: int, timeout: float = 0.5) -> bool:
     """A raw ``PING`` (no client library involved): True when the server answers ``+PONG``."""
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
@@ -33,6 +37,29 @@ def _ping(port: int, timeout: float = 0.5) -> bool:
             return sock.recv(64).startswith(b"+PONG")
     except OSError:
         return False
+
+
+_STARTED: set[RedisServer] = set()
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec (Linux): SIGKILL it when the test process dies, even by a
+    signal that skips every teardown (a CI timeout's SIGTERM, SIGKILL). The signal follows
+    the *thread* that started it: start servers from the main thread only."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+@atexit.register
+def _kill_leftovers() -> None:
+    """A last resort for a test run that ends (or is interrupted) before a fixture's
+    teardown: no ``redis-server`` outlives the run. Fixtures still close what they start."""
+    for server in list(_STARTED):
+        server.close()
 
 
 class RedisServer:
@@ -61,11 +88,12 @@ class RedisServer:
                 "--save", "", "--appendonly", "no", "--dir", str(self.dir),
                 "--protected-mode", "no", "--loglevel", "warning"]
         deadline = time.monotonic() + timeout
+        _STARTED.add(self)
         while True:
             self.proc = subprocess.Popen(args, cwd=self.dir, stdout=subprocess.DEVNULL,
-                                         stderr=subprocess.PIPE)
+                                         stderr=subprocess.PIPE, preexec_fn=_die_with_parent)
             while time.monotonic() < deadline and self.proc.poll() is None:
-                if _ping(self.port):
+                if ping(self.port):
                     return self
                 time.sleep(0.02)
             if self.proc.poll() is None:
@@ -107,6 +135,7 @@ class RedisServer:
 
     def close(self) -> None:
         self.kill()
+        _STARTED.discard(self)
         with contextlib.suppress(OSError):
             self._tmp.cleanup()
 

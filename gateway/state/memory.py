@@ -1,4 +1,10 @@
-"""Per-process state on cachetools: the default, and Redis's fallback while it is down."""
+"""Per-process state on cachetools: the default, and Redis's fallback while it is down.
+
+Every namespace (the key up to its first ``:``, such as ``validated:`` or ``guest-issued:``)
+has its own bound of ``max_entries``: a flood of one kind of entry (junk tokens filling the
+validation cache, junk refresh credentials filling remembered rejections) evicts only entries
+of its own kind, never a guest mark or a grace entry.
+"""
 
 from __future__ import annotations
 
@@ -8,42 +14,97 @@ from cachetools import TLRUCache
 
 from gateway.state.base import Store
 
+_Entries = TLRUCache[bytes, tuple[bytes, float]]
+
 
 def _expires(_key: bytes, value: tuple[bytes, float], _now: float) -> float:
     return value[1]
+
+
+def namespace(key: bytes) -> bytes:
+    """The part of ``key`` up to and including its first ``:`` (``b""`` without one: the
+    number of namespaces stays that of the callers' fixed prefixes)."""
+    cut = key.find(b":")
+    return b"" if cut < 0 else key[:cut + 1]
+
+
+class _Namespaced:
+    """One TLRU cache per namespace, each bounded on its own."""
+
+    def __init__(self, max_entries: int) -> None:
+        self._max = max_entries
+        self._spaces: dict[bytes, _Entries] = {}
+
+    def space(self, key: bytes) -> _Entries:
+        name = namespace(key)
+        found = self._spaces.get(name)
+        if found is None:
+            found = self._spaces[name] = TLRUCache(maxsize=self._max, ttu=_expires,
+                                                   timer=time.monotonic)
+        return found
+
+    def __len__(self) -> int:
+        return sum(len(space) for space in self._spaces.values())
+
+    def spaces(self) -> dict[bytes, _Entries]:
+        return self._spaces
 
 
 class MemoryStore(Store):
     shared = False
 
     def __init__(self, max_entries: int = 100_000) -> None:
-        self._values: TLRUCache[bytes, tuple[bytes, float]] = TLRUCache(
-            maxsize=max_entries, ttu=_expires, timer=time.monotonic)
-        self._locks: TLRUCache[bytes, tuple[bytes, float]] = TLRUCache(
-            maxsize=max_entries, ttu=_expires, timer=time.monotonic)
+        self._values = _Namespaced(max_entries)
+        self._locks = _Namespaced(max_entries)
+        self._durable: set[bytes] = set()  # namespaces written with durable=True
 
     def __len__(self) -> int:
         return len(self._values)
 
     async def get(self, key: bytes) -> bytes | None:
-        entry = self._values.get(key)
+        entry = self._values.space(key).get(key)
         return entry[0] if entry is not None else None
 
-    async def set(self, key: bytes, value: bytes, ttl_s: float) -> None:
+    async def set(self, key: bytes, value: bytes, ttl_s: float, *, durable: bool = False
+                  ) -> None:
         if ttl_s > 0:
-            self._values[key] = (value, time.monotonic() + ttl_s)
+            self._values.space(key)[key] = (value, time.monotonic() + ttl_s)
+            if durable:
+                self._durable.add(namespace(key))
 
     async def delete(self, key: bytes) -> None:
-        self._values.pop(key, None)
+        self._values.space(key).pop(key, None)
+
+    def durable_entries(self) -> list[tuple[bytes, bytes, float]]:
+        """Live entries of the durable namespaces: ``(key, value, seconds left)``, for a
+        shared store to write back after an outage."""
+        now = time.monotonic()
+        found: list[tuple[bytes, bytes, float]] = []
+        for name in sorted(self._durable):
+            space = self._values.spaces().get(name)
+            if space is None:
+                continue
+            space.expire()
+            found.extend((key, value, until - now) for key, (value, until) in space.items()
+                         if until > now)
+        return found
 
     async def claim(self, key: bytes, ttl_s: float) -> bool:
-        if key in self._locks:
+        locks = self._locks.space(key)
+        if key in locks:
             return False
-        self._locks[key] = (b"", time.monotonic() + ttl_s)
+        locks[key] = (b"", time.monotonic() + ttl_s)
+        return True
+
+    async def renew(self, key: bytes, ttl_s: float) -> bool:
+        locks = self._locks.space(key)
+        if key not in locks:
+            return False
+        locks[key] = (b"", time.monotonic() + ttl_s)
         return True
 
     async def release(self, key: bytes) -> None:
-        self._locks.pop(key, None)
+        self._locks.space(key).pop(key, None)
 
     async def held(self, key: bytes) -> bool:
-        return key in self._locks
+        return key in self._locks.space(key)

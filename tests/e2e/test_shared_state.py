@@ -38,6 +38,13 @@ ACCESS, REFRESH = "userToken", "refreshToken"
 STATE_KEY = secrets.token_hex(32)
 REPLICAS = 4
 PER_REPLICA = 50
+#: How long a gateway process may take to answer its health check. Generous on purpose: on a
+#: saturated 2-core machine, importing and starting several Python processes at once takes
+#: tens of seconds; a slow start is not what these tests are about.
+STARTUP_S = 90.0
+
+# Module fixtures start 4-5 processes inside the first test's time budget.
+pytestmark = pytest.mark.timeout(240)
 
 
 # -- gateway processes ---------------------------------------------------------------------------
@@ -73,7 +80,7 @@ class GatewayProcess(ServerProcess):
         self.config = config
         self.audit_path = Path(tomllib.loads(config.read_text())["audit"]["sink"])
 
-    def start(self, timeout: float = 30) -> GatewayProcess:
+    def start(self, timeout: float = STARTUP_S) -> GatewayProcess:
         super().start(timeout)
         return self
 
@@ -537,7 +544,7 @@ def test_cli_warns_about_memory_workers_and_requires_the_state_key(
                       "--workers", "2"),
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + STARTUP_S
         up = False
         while time.monotonic() < deadline and serve.poll() is None and not up:
             with contextlib.suppress(httpx.HTTPError):
@@ -561,23 +568,23 @@ def test_cli_warns_about_memory_workers_and_requires_the_state_key(
     unkeyed = write_config(tmp_path, "unkeyed", backend,
                            {"backend": "redis", "redis_url": "redis://127.0.0.1:9/0"})
     check = subprocess.run(python_module("gateway", "check", "--config", str(unkeyed)),
-                           env=env, capture_output=True, timeout=20)
+                           env=env, capture_output=True, timeout=STARTUP_S)
     assert check.returncode == 2, check
     lines = check.stderr.decode().strip().splitlines()
     assert lines and all(line.startswith("state.key_env") for line in lines), lines
     assert "GATEWAY_STATE_KEY" in lines[0]
     refused = subprocess.run(
         python_module("gateway", "serve", "--config", str(unkeyed), "--port", str(free_port())),
-        env=env, capture_output=True, timeout=20)
+        env=env, capture_output=True, timeout=STARTUP_S)
     assert refused.returncode == 2, refused
     assert refused.stderr.decode().startswith("state.key_env")
     # a key that is too short is refused too
     short = subprocess.run(python_module("gateway", "check", "--config", str(unkeyed)),
                            env={**env, "GATEWAY_STATE_KEY": "tooshort"}, capture_output=True,
-                           timeout=20)
+                           timeout=STARTUP_S)
     assert short.returncode == 2
     assert short.stderr.decode().startswith("state.key_env")
     keyed = subprocess.run(python_module("gateway", "check", "--config", str(unkeyed)),
                            env={**env, "GATEWAY_STATE_KEY": STATE_KEY}, capture_output=True,
-                           timeout=20)
+                           timeout=STARTUP_S)
     assert keyed.returncode == 0, keyed
