@@ -167,8 +167,18 @@ def test_activity_log_shows_only_the_users_own_events(stack: DemoStack) -> None:
         admin.get("/api/admin/stats")
         demo_fp = demo.get("/api/demo/session").json()["token_fp"]
         admin_fp = admin.get("/api/demo/session").json()["token_fp"]
-        mine = demo.get("/api/demo/activity").json()
-        theirs = admin.get("/api/demo/activity").json()
+        # The gateway writes its audit stream in batches (flush_interval_s): the dashboard
+        # polls the log, and so does this test, until both users' requests are in it.
+        deadline = time.monotonic() + 15
+        while True:
+            mine = demo.get("/api/demo/activity").json()
+            theirs = admin.get("/api/demo/activity").json()
+            seen = ({(e["method"], e["path"]) for e in mine["events"]},
+                    {(e["method"], e["path"]) for e in theirs["events"]})
+            if ((("GET", "/api/items") in seen[0] and ("GET", "/api/admin/stats") in seen[1])
+                    or time.monotonic() > deadline):
+                break
+            time.sleep(0.1)
     assert mine["audit_log"] is True
     mine_fps = {e.get("token_fp") for e in mine["events"]}
     their_fps = {e.get("token_fp") for e in theirs["events"]}
