@@ -1,4 +1,4 @@
-"""Browsers on other origins (CONTRACT.md §3.10): preflights and CORS response headers.
+"""Browsers on other origins (docs/behaviour.md#cors): preflights and CORS response headers.
 
 With ``[cors]`` the gateway owns CORS: it answers preflights itself (they never need a token)
 and puts the CORS headers on every response to an allowed origin, its own 401/403/503 included,

@@ -1,4 +1,4 @@
-"""Cross-site request refusal (README "Cross-site requests", SECURITY.md).
+"""Cross-site request refusal (docs/behaviour.md#cross-site-requests, SECURITY.md).
 
 ``SameSite=Lax`` keeps the session cookie off most cross-site requests, but not all (a
 same-site sibling, ``SameSite=None`` deployments, browsers that ignore it), and the login form

@@ -1,4 +1,5 @@
-"""The gateway's own endpoints under ``server.reserved_prefix`` (CONTRACT.md §3.8)."""
+"""The gateway's own endpoints under ``server.reserved_prefix``
+(docs/behaviour.md#own-endpoints)."""
 
 from __future__ import annotations
 

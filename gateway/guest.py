@@ -1,4 +1,4 @@
-"""Guest tokens for anonymous visitors of ``guest`` routes (CONTRACT.md §3.5).
+"""Guest tokens for anonymous visitors of ``guest`` routes (docs/behaviour.md#guests).
 
 * ``backend`` mode: ``POST <auth.url><guest.path>`` mints the token. An anonymous flood must not
   become a backend flood, so issuance is bounded three ways: at most ``guest.max_concurrent``

@@ -1,4 +1,4 @@
-"""Login capture and logout (CONTRACT.md §3.6).
+"""Login capture and logout (docs/behaviour.md#login-and-logout).
 
 * Login: ``POST <auth.login.path>`` is forwarded; a 2xx JSON reply carrying the tokens has them
   put in HttpOnly cookies (and, with ``strip_tokens``, removed from the body the browser sees),

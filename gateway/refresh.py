@@ -1,4 +1,5 @@
-"""Refresh a session: one backend call per credential, rotation grace, retries (§3.4).
+"""Refresh a session: one backend call per credential, rotation grace, retries
+(docs/behaviour.md#refresh).
 
 * Single-flight per refresh credential (the same :class:`SingleFlight` as validation):
   concurrent requests holding one expired session cause exactly one backend refresh.

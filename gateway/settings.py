@@ -1,6 +1,7 @@
 """TOML configuration -> frozen, typed settings.
 
-Every key of CONTRACT.md §2 is a field below, with the default shown there. Loading is strict:
+Every key of docs/configuration.md is a field below, with the default shown there and in
+gateway.toml.example (tests/test_docs.py keeps the three equal). Loading is strict:
 an unknown key, a wrong type or a bad value is a problem that names its key
 (``routes[2].access: must be one of public, guest, user``), and all problems of a file are
 reported together in one :class:`SettingsError`.
@@ -48,8 +49,9 @@ class ServerSettings:
     port: int = 8080
     workers: int = 1
     reserved_prefix: str = "/__gateway"
-    # Peers (IPs or CIDR networks) whose X-Forwarded-* headers are believed. Not in
-    # CONTRACT.md §2 yet: without it, client copies are always replaced (the safe default).
+    # Peers (IPs or CIDR networks) whose X-Forwarded-* headers are believed
+    # (docs/configuration.md#server): without it, client copies are always replaced (the
+    # safe default).
     trusted_proxies: tuple[str, ...] = ()
     # Limits on what one client may send (docs/limits.md). Head size and header count are
     # checked by the app under any ASGI server; the timeouts, and refusing an oversized head
@@ -146,7 +148,7 @@ class GuestSettings:
     password_env: str = ""
     secret_env: str = "GATEWAY_GUEST_SECRET"
     ttl_s: float = 3600.0
-    # Backend-mode flood bounds. Not in CONTRACT.md §2 yet (the guest issue asks for them).
+    # Backend-mode flood bounds (docs/configuration.md#guest, docs/behaviour.md#guests).
     max_concurrent: int = 16
     per_client_per_minute: int = 30
     per_minute: int = 1200

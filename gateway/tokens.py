@@ -1,4 +1,5 @@
-"""Where tokens come from (CONTRACT.md §3.1), and peeking at JWT claims without trusting them."""
+"""Where tokens come from (docs/behaviour.md#tokens), and peeking at JWT claims without
+trusting them."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Validate a token: per-token cache, in-flight merge, backend call (CONTRACT.md §3.2).
+"""Validate a token: per-token cache, in-flight merge, backend call (docs/behaviour.md#validation).
 
 The cache and the merge live in the state store (memory or Redis), so with Redis every worker
 and replica shares them: a token is checked at the backend at most once per ``cache_ttl_s``

@@ -1,4 +1,4 @@
-"""WebSocket relay (CONTRACT.md §3.11).
+"""WebSocket relay (docs/behaviour.md#websocket).
 
 The handshake is checked like any request by the handler; this module connects an accepted
 one to the upstream and relays text, binary and close codes both ways until either side

@@ -1,5 +1,5 @@
 """Unit tests for gateway.audit: one JSON object per line, UTC timestamps, token
-fingerprints, and the redaction that keeps secrets out of the stream (CONTRACT.md §3.9)."""
+fingerprints, and the redaction that keeps secrets out of the stream (docs/audit.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`gateway check` run as a real subprocess (CONTRACT.md §1)."""
+"""`gateway check` run as a real subprocess (README.md#configure, docs/deployment.md#exit-codes)."""
 
 from __future__ import annotations
 
@@ -238,7 +238,8 @@ def _interrupted(proc: subprocess.Popen[str]) -> tuple[int, str]:
 
 
 def test_demo_runs_logs_in_and_stops_on_ctrl_c() -> None:
-    """§1: ``gateway demo`` prints the URL and a login, and serves until Ctrl-C."""
+    """``gateway demo`` prints the URL and a login, and serves until Ctrl-C
+    (README.md#two-commands)."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     proc = subprocess.Popen([sys.executable, "-m", "gateway", "demo", "--port", str(port)],

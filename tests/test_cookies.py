@@ -1,5 +1,6 @@
 """The Set-Cookie headers of ``[cookies]`` (gateway/cookies.py): attributes, and clearing with
-the same name, path and domain plus ``Max-Age=0`` (CONTRACT.md §2, §3.4, §3.6)."""
+the same name, path and domain plus ``Max-Age=0`` (docs/configuration.md#cookies,
+docs/behaviour.md#refresh, docs/behaviour.md#login-and-logout)."""
 
 from __future__ import annotations
 

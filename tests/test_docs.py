@@ -1,6 +1,7 @@
 """The documentation stays true: every settings key is in ``gateway.toml.example`` and in
 ``docs/configuration.md`` with its real default (and nothing else is), and every link to a
-``docs/`` page and heading, from the docs, the README or a docstring, lands somewhere."""
+``docs/`` page and heading, from the docs, the README or a docstring of the code or the tests,
+lands somewhere."""
 
 from __future__ import annotations
 
@@ -186,7 +187,7 @@ _MD_LINK = re.compile(r"\]\(([a-z0-9_-]+\.md)?(?:#([a-z0-9_-]+))?\)")
 def _references() -> list[tuple[str, Path, str | None]]:
     refs: list[tuple[str, Path, str | None]] = []
     sources = [ROOT / "README.md", *sorted((ROOT / "gateway").rglob("*.py")),
-               *sorted(DOCS.glob("*.md"))]
+               *sorted((ROOT / "tests").rglob("*.py")), *sorted(DOCS.glob("*.md"))]
     for source in sources:
         text = source.read_text(encoding="utf-8")
         where = str(source.relative_to(ROOT))

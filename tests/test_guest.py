@@ -1,4 +1,4 @@
-"""Guest tokens without sockets (CONTRACT.md §3.5): local signing and validation, the
+"""Guest tokens without sockets (docs/behaviour.md#guests): local signing and validation, the
 backend-mode issuance bounds (``guest.max_concurrent``, ``guest.per_client_per_minute``) and
 ``environment_problems`` / ``create_app`` refusing a missing or short local signing key.
 

@@ -1,4 +1,4 @@
-"""Unit tests of the configuration loader (gateway/settings.py, CONTRACT.md §2)."""
+"""Unit tests of the configuration loader (gateway/settings.py, docs/configuration.md)."""
 
 from __future__ import annotations
 
@@ -57,8 +57,8 @@ def get(settings: Settings, dotted: str) -> Any:
 
 # --------------------------------------------------------------------------- defaults
 
-# CONTRACT.md §2, key by key.
-CONTRACT_DEFAULTS: list[tuple[str, Any]] = [
+# docs/configuration.md, key by key.
+DOCUMENTED_DEFAULTS: list[tuple[str, Any]] = [
     ("server.host", "127.0.0.1"),
     ("server.port", 8080),
     ("server.workers", 1),
@@ -132,7 +132,7 @@ def minimal_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
 
 
 @pytest.mark.parametrize(
-    ("key", "expected"), CONTRACT_DEFAULTS, ids=[k for k, _ in CONTRACT_DEFAULTS]
+    ("key", "expected"), DOCUMENTED_DEFAULTS, ids=[k for k, _ in DOCUMENTED_DEFAULTS]
 )
 def test_minimal_file_gives_contract_default(
     minimal_settings: Settings, key: str, expected: Any

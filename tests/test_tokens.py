@@ -1,4 +1,4 @@
-"""Unit tests for gateway.tokens: where a token is found (CONTRACT.md §3.1), its shape, and
+"""Unit tests for gateway.tokens: where a token is found (docs/behaviour.md#tokens), its shape, and
 peeking at JWT claims without trusting them."""
 
 from __future__ import annotations

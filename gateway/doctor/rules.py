@@ -21,7 +21,7 @@ from gateway.doctor.report import Check, failed, names, passed, skipped, warned
 from gateway.settings import Settings
 from gateway.tokens import claims_exp
 
-BROWSER_COOKIE_LIMIT = 4096  # bytes of name + value a browser keeps per cookie (RFC 6265 §6.1)
+BROWSER_COOKIE_LIMIT = 4096  # bytes of name + value a browser keeps per cookie (RFC 6265 6.1)
 COOKIE_WARN_AT = 3584  # within 512 bytes of the limit: a few more claims and it is dropped
 SKEW_WARN_S = 5.0  # NTP keeps hosts well within a second; 5 s is a clock nobody looks after
 UrlSource = Literal["--public-url", "login.url", "server.host/port"]

@@ -1,4 +1,5 @@
-"""§3.10 over real sockets: preflights never need a token; CORS headers on every answer."""
+"""CORS over real sockets: preflights never need a token; CORS headers on every answer
+(docs/behaviour.md#cors)."""
 
 from __future__ import annotations
 

@@ -179,9 +179,10 @@ def test_backend_outage_is_503_with_retry_after_and_no_cookie_change(
 
 def test_cross_site_request_with_the_cookie_session_is_403_csrf(
         gateway: RunningGateway, backend: Backend) -> None:
-    """§3.12: forward-auth applies the proxy mode's CSRF rule: a state-changing request that
-    the browser says comes from another site, riding the cookie session, is refused before any
-    backend call; the same request from the site itself, or with a Bearer token, is allowed."""
+    """Forward-auth applies the proxy mode's CSRF rule (docs/behaviour.md#cross-site-requests):
+    a state-changing request that the browser says comes from another site, riding the cookie
+    session, is refused before any backend call; the same request from the site itself, or
+    with a Bearer token, is allowed."""
     token = backend.token(user_id=1)
     before = backend.calls("me")
     refused = ask(gateway, nginx_style("POST", "/api/items", cookie=cookie(userToken=token),

@@ -1,4 +1,5 @@
-"""Guest tokens on real sockets (CONTRACT.md §3.3, §3.5, §3.9).
+"""Guest tokens on real sockets (docs/behaviour.md#routes, docs/behaviour.md#guests,
+docs/audit.md).
 
 Both modes: ``backend`` (the reference backend's ``POST /auth/guest`` mints the token, the
 gateway forwards it as ``Authorization``) and ``local`` (the gateway signs an HS256 JWT itself,
@@ -423,9 +424,10 @@ async def test_next_api_layer_preset_guest_section(start: StartGateway, backend:
 
 async def test_local_guest_token_in_authorization_is_checked_locally(
         make_gateway: MakeGateway, backend: Backend, monkeypatch: pytest.MonkeyPatch) -> None:
-    """§3.5: a local guest token is validated by the gateway, no backend call; that holds
-    wherever §3.1 finds it, the Authorization header included (the backend cannot verify it,
-    and it is not a refresh credential either)."""
+    """A local guest token is validated by the gateway, no backend call
+    (docs/behaviour.md#guests); that holds wherever it is found (docs/behaviour.md#tokens),
+    the Authorization header included (the backend cannot verify it, and it is not a refresh
+    credential either)."""
     gateway = local_gateway(make_gateway, monkeypatch)
     token = new_guest_token(await get(gateway, "/api/echo/a"))
     sub = jwt.decode(token, SECRET, algorithms=["HS256"])["sub"]

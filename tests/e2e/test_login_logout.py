@@ -1,4 +1,5 @@
-"""Login capture and logout on real sockets (CONTRACT.md §3.6, §3.9): the gateway, configured
+"""Login capture and logout on real sockets (docs/behaviour.md#login-and-logout,
+docs/audit.md): the gateway, configured
 from the bundled presets, in front of the reference backend."""
 
 from __future__ import annotations
@@ -439,9 +440,9 @@ async def _login_upstream(scope: dict[str, Any], receive: Any, send: Any) -> Non
         "gzip-members", "text-plain"])
 async def test_login_capture_whatever_the_reply_encoding(
         make_gateway: MakeGateway, path: str, accept_encoding: str) -> None:
-    """§3.6: a 2xx JSON reply carrying the tokens puts them in cookies and strips them,
-    however the upstream encoded or labelled it: a reply passed through would expose the raw
-    tokens to page scripts."""
+    """A 2xx JSON reply carrying the tokens puts them in cookies and strips them
+    (docs/behaviour.md#login-and-logout), however the upstream encoded or labelled it: a reply
+    passed through would expose the raw tokens to page scripts."""
     with serving(_login_upstream) as upstream:
         gw = make_gateway(f'[auth.login]\npath = "{path}"\n[cookies]\nsecure = false\n',
                           upstream=upstream.url)

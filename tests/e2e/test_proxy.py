@@ -1,4 +1,5 @@
-"""Proxying on real sockets (CONTRACT.md §3.7, §3.8): the gateway under uvicorn in front of the
+"""Proxying on real sockets (docs/behaviour.md#proxying,
+docs/behaviour.md#own-endpoints): the gateway under uvicorn in front of the
 reference backend, driven with httpx and, where exact bytes matter, a raw socket."""
 
 from __future__ import annotations

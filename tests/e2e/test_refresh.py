@@ -1,6 +1,6 @@
-"""Refresh on real sockets (CONTRACT.md §3.4, §3.9): the gateway, configured from the bundled
-presets, in front of the reference backend (which rotates refresh credentials and blacklists
-the used ones), for the three backend families:
+"""Refresh on real sockets (docs/behaviour.md#refresh, docs/audit.md): the gateway,
+configured from the bundled presets, in front of the reference backend (which rotates refresh
+credentials and blacklists the used ones), for the three backend families:
 
 * next-api-layer: the (expired) access token itself is the refresh credential;
 * Django SimpleJWT: ``{"refresh": ...}`` body, rotated refresh token in the reply;

@@ -461,8 +461,8 @@ async def test_redis_outage_degrades_and_recovers(backend: Backend, tmp_path: Pa
 
 async def test_ready_is_503_when_redis_is_down_without_traffic(backend: Backend,
                                                                tmp_path: Path) -> None:
-    """CONTRACT §3.8: ready is 200 only when Redis answers. A replica that has not touched
-    Redis since it went away must not report itself ready."""
+    """Ready is 200 only when Redis answers (docs/behaviour.md#own-endpoints). A replica that
+    has not touched Redis since it went away must not report itself ready."""
     with redis_or_skip() as server, \
             cluster(tmp_path, backend, redis_state(server), replicas=1, name="idle") as (gw,):
         assert await wait_ready(gw.url, 200, 2) == 200

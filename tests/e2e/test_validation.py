@@ -1,5 +1,6 @@
 """Validation, caching, in-flight merge, token discovery and route access on real sockets
-(CONTRACT.md §3.1-§3.3, §3.7 identity headers, §3.9 audit).
+(docs/behaviour.md: #tokens, #validation, #routes, #proxying for the identity headers;
+docs/audit.md).
 
 Every test starts its own small gateway (``make_gateway``) in front of the session's reference
 backend and counts the backend's ``/auth/me`` calls (``backend.calls("me")``) around what it
@@ -200,7 +201,7 @@ def raw_request(base_url: str, target: bytes, headers: Sequence[tuple[bytes, byt
 
 
 # --------------------------------------------------------------------------
-# §3.2 cache and in-flight merge
+# cache and in-flight merge (docs/behaviour.md#validation)
 # --------------------------------------------------------------------------
 
 
@@ -341,7 +342,7 @@ def test_cache_is_bounded(make_gateway: MakeGateway, backend: Backend) -> None:
 
 
 # --------------------------------------------------------------------------
-# §3.2 validation mapping, §3.7 identity headers
+# validation mapping (docs/behaviour.md#validation), identity headers (#proxying)
 # --------------------------------------------------------------------------
 
 
@@ -408,7 +409,7 @@ def test_djoser_validation_mapping(make_gateway: MakeGateway, backend: Backend) 
 
 
 # --------------------------------------------------------------------------
-# §3.1 token discovery
+# token discovery (docs/behaviour.md#tokens)
 # --------------------------------------------------------------------------
 
 
@@ -716,7 +717,7 @@ def test_slow_backend_times_out_to_503(make_gateway: MakeGateway, backend: Backe
 
 
 # --------------------------------------------------------------------------
-# §3.3 routes and access
+# routes and access (docs/behaviour.md#routes)
 # --------------------------------------------------------------------------
 
 
@@ -950,7 +951,7 @@ def test_redirect_safety_over_the_wire(make_gateway: MakeGateway, backend: Backe
 
 
 # --------------------------------------------------------------------------
-# §3.7 spoofed identity headers
+# spoofed identity headers (docs/behaviour.md#proxying)
 # --------------------------------------------------------------------------
 
 
@@ -992,7 +993,7 @@ def test_spoofed_identity_headers_are_replaced(make_gateway: MakeGateway, backen
 
 
 # --------------------------------------------------------------------------
-# §3.9 audit events
+# audit events (docs/audit.md)
 # --------------------------------------------------------------------------
 
 

@@ -1,4 +1,5 @@
-"""§3.11 over real sockets: the handshake is checked like a request, then relayed both ways."""
+"""WebSocket over real sockets: the handshake is checked like a request, then relayed both
+ways (docs/behaviour.md#websocket)."""
 
 from __future__ import annotations
 
