@@ -173,9 +173,13 @@ def test_activity_log_shows_only_the_users_own_events(stack: DemoStack) -> None:
         while True:
             mine = demo.get("/api/demo/activity").json()
             theirs = admin.get("/api/demo/activity").json()
-            seen = ({(e["method"], e["path"]) for e in mine["events"]},
-                    {(e["method"], e["path"]) for e in theirs["events"]})
-            if ((("GET", "/api/items") in seen[0] and ("GET", "/api/admin/stats") in seen[1])
+            # This session's own events (earlier tests' sessions of the same users are in
+            # the same log): the ones carrying its token's fingerprint.
+            mine_now = {(e["method"], e["path"]) for e in mine["events"]
+                        if e.get("token_fp") == demo_fp}
+            theirs_now = {(e["method"], e["path"]) for e in theirs["events"]
+                          if e.get("token_fp") == admin_fp}
+            if ((("GET", "/api/items") in mine_now and ("GET", "/api/admin/stats") in theirs_now)
                     or time.monotonic() > deadline):
                 break
             time.sleep(0.1)
