@@ -99,33 +99,32 @@ class Metrics:
         self._sampled: list[tuple[Gauge, Callable[[], float]]] = []
         self._sampled_at = 0.0
         # labels() looks its child up under a lock on every call: keep the children, since
-        # every request counts at least one response and usually one event.
-        self._event_children: dict[tuple[str, str], Any] = {}
-        self._response_children: dict[int, Any] = {}
+        # every request counts a response, observes its duration and usually counts an event.
+        self._children: dict[tuple[object, tuple[str, ...]], Any] = {}
+
+    def _child(self, metric: Counter | Histogram, *labels: str) -> Any:
+        """``metric.labels(*labels)``, looked up once per label set (the sets are bounded)."""
+        key = (metric, labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     def event(self, name: str, outcome: str) -> None:
-        child = self._event_children.get((name, outcome))
-        if child is None:
-            child = self._events.labels(name, outcome)
-            self._event_children[(name, outcome)] = child
-        child.inc()
+        self._child(self._events, name, outcome).inc()
 
     def response(self, status: int) -> None:
-        child = self._response_children.get(status)
-        if child is None:
-            child = self._responses.labels(str(status))
-            self._response_children[status] = child
-        child.inc()
+        self._child(self._responses, str(status)).inc()
 
     def request(self, access: AccessLevel, status: int, seconds: float) -> None:
-        self._requests.labels(access, status_class(status)).observe(seconds)
+        self._child(self._requests, access, status_class(status)).observe(seconds)
         self.sample(force=False)
 
     def upstream(self, outcome: CallOutcome, seconds: float) -> None:
-        self._upstream.labels(outcome).observe(seconds)
+        self._child(self._upstream, outcome).observe(seconds)
 
     def auth_call(self, endpoint: AuthEndpoint, outcome: CallOutcome, seconds: float) -> None:
-        self._auth_calls.labels(endpoint, outcome).observe(seconds)
+        self._child(self._auth_calls, endpoint, outcome).observe(seconds)
 
     def gauge(self, name: str, documentation: str, read: Callable[[], float],
               mode: Literal["livesum", "livemin", "livemax"] = "livesum") -> None:
