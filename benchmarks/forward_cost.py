@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/forward_cost.py [--requests 2000] [--rounds 2]
 
 Starts ``bench_backend.py`` and, in this process (uvloop), sends GETs to it one at a time
-through (a) the gateway's ``upstream_request_headers`` + ``Upstream.forward`` and (b) the
+through (a) the gateway's ``upstream_headers`` + ``Upstream.forward`` and (b) the
 floor app's forward (``floor_app.py``: a header list, ``session.request``, ``iter_any``), each
 answering into an ASGI ``send`` that drops the messages. CPU time (``process_time``) per
 request: what the gateway's forwarding costs beyond the floor's (benchmarks/README.md).
@@ -27,7 +27,8 @@ import uvloop  # noqa: E402
 import yarl  # noqa: E402
 from suite import _uvicorn  # noqa: E402
 
-from gateway.proxy import TrustedProxies, Upstream, upstream_request_headers  # noqa: E402
+from gateway.proxy import Upstream, upstream_headers  # noqa: E402
+from gateway.request import Request, TrustedProxies  # noqa: E402
 from gateway.settings import UpstreamSettings  # noqa: E402
 from tests.servers import free_port  # noqa: E402
 
@@ -59,10 +60,10 @@ async def _main(base: str, requests: int, rounds: int) -> None:
     trusted = TrustedProxies([])
 
     async def gateway() -> None:
-        scope = _scope()
-        headers = upstream_request_headers(scope, client_ip="127.0.0.1", request_id="r",
-                                           trusted=trusted)
-        await upstream.forward(scope, _receive, _send, path="/api/items", headers=headers)
+        request = Request(_scope(), trusted)
+        request.path = "/api/items"
+        headers = upstream_headers(request, own_cookies=None, token=None)
+        await upstream.forward(request, _receive, _send, headers=headers)
 
     async def floor() -> None:
         scope = _scope()

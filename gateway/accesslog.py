@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from typing import IO, Literal
 
 from gateway.metrics import AccessLevel, Metrics
-from gateway.types import Message, Receive, Scope, Send
+from gateway.types import Receive, Scope, Send
 
 CacheOutcome = Literal["hit", "miss", "merged", "none"]
 # A JWT in a path (/reset/<token>, /magic-login/<token>): written as the audit stream writes
@@ -104,25 +104,18 @@ class AccessLog:
 
 def observed(handle: Callable[[Scope, Receive, Send], Awaitable[None]], metrics: Metrics,
              access_log: AccessLog | None) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
-    """``handle`` (one HTTP request) with its record opened, timed, counted and logged."""
+    """``handle`` (one HTTP request) with its record opened, timed, counted and logged. The
+    record's status and bytes are noted by the handler's way out (``gateway.handler.Reply``),
+    which every answer passes through."""
 
     async def run(scope: Scope, receive: Receive, send: Send) -> None:
         client = scope.get("client")
         record = RequestRecord(method=scope["method"], client_ip=client[0] if client else "",
                                started=time.perf_counter())
         token = _current.set(record)
-
-        async def counting(message: Message) -> None:
-            kind = message["type"]
-            if kind == "http.response.start":
-                record.status = int(message["status"])
-            elif kind == "http.response.body":
-                record.bytes_sent += len(message.get("body", b""))
-            await send(message)
-
         metrics.in_flight.inc()
         try:
-            await handle(scope, receive, counting)
+            await handle(scope, receive, send)
         except BaseException:
             if record.status == 0:
                 record.status = 500  # what the server answers for an unhandled error

@@ -18,8 +18,9 @@ from gateway.handler import HTTPHandler
 from gateway.login import LoginCapture, Logout
 from gateway.metrics import Metrics
 from gateway.owncookies import OwnCookies
-from gateway.proxy import TrustedProxies, Upstream
+from gateway.proxy import Upstream
 from gateway.refresh import Refresher
+from gateway.request import TrustedProxies
 from gateway.routes import Router
 from gateway.session import Sessions
 from gateway.settings import Settings, SettingsError
@@ -43,7 +44,7 @@ class Gateway:
         self.access_log = (AccessLog(settings.access_log.sink)
                            if settings.access_log.enabled else None)
         self.upstream = Upstream(settings.upstream, self.own_cookies,
-                                 max_body_bytes=settings.server.max_body_bytes, trusted=trusted,
+                                 max_body_bytes=settings.server.max_body_bytes,
                                  metrics=self.metrics)
         self.websockets = WebSocketRelay(self.upstream)
         self.auth_client = AuthClient(settings, metrics=self.metrics)

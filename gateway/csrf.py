@@ -33,7 +33,7 @@ from __future__ import annotations
 from typing import Literal
 from urllib.parse import urlsplit
 
-from gateway.proxy import TrustedProxies
+from gateway.request import TrustedProxies
 from gateway.settings import Settings
 from gateway.types import Headers, Scope
 

@@ -15,14 +15,22 @@ from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import urlsplit
 
+from gateway.accesslog import current_request
 from gateway.cors import is_preflight
-from gateway.handler import WWW_AUTHENTICATE, HTTPHandler, Outcome, identity_headers, request_id_of
-from gateway.proxy import TrustedProxies
+from gateway.handler import (
+    INTERNAL_ERROR,
+    WWW_AUTHENTICATE,
+    HTTPHandler,
+    Outcome,
+    Reply,
+    identity_headers,
+    log_unexpected,
+)
+from gateway.request import Request, TrustedProxies
 from gateway.responses import send_empty, send_error
 from gateway.routes import EncodedSeparator, InvalidPath, Router, read_path
-from gateway.session import RequestInfo
 from gateway.settings import Settings
-from gateway.types import Headers, Message, Receive, Scope, Send
+from gateway.types import Headers, Receive, Scope, Send
 
 # Which proxy's way of naming the original request a subrequest used.
 Convention = Literal["nginx", "forwarded", "envoy"]
@@ -152,11 +160,25 @@ class ForwardAuth:
         return raw == self._prefix or raw.startswith(self._prefix + b"/")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        request_id = request_id_of(scope)
-        send = self._decorate(send, request_id)
-        head = scope["method"] == "HEAD"
-        peer = scope["client"][0] if scope.get("client") else ""
-        if peer not in self._askers:
+        # The client address of the original request: X-Forwarded-For as the proxies in front
+        # wrote it.
+        request = Request(scope, self._hops)
+        record = current_request()
+        record.request_id = request.request_id
+        reply = Reply(send, [(b"x-request-id", request.request_id.encode("ascii"))],
+                      self._count, record)
+        try:
+            await self._serve(request, reply)
+        except Exception as exc:
+            log_unexpected(exc, request.request_id)
+            if reply.started:
+                raise
+            await INTERNAL_ERROR.send(reply, head=scope["method"] == "HEAD")
+
+    async def _serve(self, request: Request, send: Send) -> None:
+        scope = request.scope
+        head = request.method == "HEAD"
+        if request.peer not in self._askers:
             await send_error(send, 404, "not_found", "No such gateway endpoint.", head=head)
             return
         try:
@@ -165,17 +187,17 @@ class ForwardAuth:
         except _BadRequest as exc:
             await send_error(send, 400, exc.error, exc.detail, head=head)
             return
-        headers: Headers = scope["headers"]
-        client_ip = self._hops.client_ip(peer, _header(headers, b"x-forwarded-for"))
-        info = RequestInfo(request_id, client_ip, original.method, original.path)
-        if is_preflight(original.method, headers) or (
+        # The decision is about the original request: its method, path and query.
+        request.method, request.path, request.query = (original.method, original.path,
+                                                       original.query)
+        if is_preflight(original.method, request.headers) or (
                 original.method == "POST" and original.path in self._open_paths):
             # Preflights never need a token; login and logout are the gateway's proxy port's
             # (the shipped configs send them there) and open whatever the routes say.
             outcome = Outcome("allow")
         else:
             route = self._router.match(original.method, original.path, original.decoded)
-            outcome = await self._handler.check(scope, route, headers, info, original.query)
+            outcome = await self._handler.check(request, route)
         await self._answer(send, outcome, head=head)
 
     async def _answer(self, send: Send, outcome: Outcome, *, head: bool) -> None:
@@ -201,15 +223,3 @@ class ForwardAuth:
             await send_error(send, 429, "too_many_requests",
                              "Too many new guest sessions; try again shortly.",
                              [*retry, *extra], head=head)
-
-    def _decorate(self, send: Send, request_id: str) -> Send:
-        """``x-request-id`` on every answer, and each counted by status as the proxy's are."""
-        added = (b"x-request-id", request_id.encode("ascii"))
-
-        async def wrapped(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", ()), added]
-                self._count(message["status"])
-            await send(message)
-
-        return wrapped

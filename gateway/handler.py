@@ -1,14 +1,25 @@
-"""One HTTP request through the gateway: identify it, check it, answer or forward it."""
+"""One HTTP request through the gateway: identify it, check it, answer or forward it.
+
+:meth:`HTTPHandler._serve` is the whole sequence: read the path, screen the head, serve the
+gateway's own endpoints, preflights, login and logout, then match the route, decide
+(:meth:`HTTPHandler.check`) and either forward with the headers the upstream may see (built
+once, after the decision) or answer the refusal the decision carries. Everything leaves
+through one :class:`Reply`, and an unexpected error still gets a JSON answer with its
+``x-request-id`` (docs/behaviour.md).
+"""
 
 from __future__ import annotations
 
+import logging
 import re
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, cast
-from urllib.parse import quote
 
-from gateway.accesslog import current_request
+from multidict import CIMultiDict
+
+from gateway.accesslog import RequestRecord, current_request
 from gateway.audit import AuditLog
 from gateway.authclient import BackendUnavailable
 from gateway.cors import CorsPolicy, is_preflight, without_upstream_cors
@@ -19,9 +30,9 @@ from gateway.limits import RequestLimits
 from gateway.login import LoginCapture, Logout
 from gateway.metrics import AccessLevel
 from gateway.owncookies import OwnCookies
-from gateway.proxy import TrustedProxies, Upstream, upstream_request_headers
-from gateway.requestid import new_request_id
-from gateway.responses import send_empty, send_error, send_redirect
+from gateway.proxy import InvalidHeader, Upstream, upstream_headers
+from gateway.request import Request, TrustedProxies
+from gateway.responses import Refusal, send_empty, send_error, send_redirect
 from gateway.routes import (
     Decision,
     EncodedSeparator,
@@ -34,23 +45,32 @@ from gateway.routes import (
     read_path,
     unauthenticated_answer,
 )
-from gateway.session import RequestInfo, Session, Sessions
+from gateway.session import Session, Sessions
 from gateway.settings import Settings
 from gateway.tokens import has_token_header, token_schemes
 from gateway.types import Headers, Message, Receive, Scope, Send
 from gateway.websocket import WebSocketRelay, as_handshake_answer
 
+_log = logging.getLogger("gateway")
+
 
 class Forward(Protocol):
     """The last step of an allowed request: the HTTP forwarder or the WebSocket relay."""
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send, *, path: str,
-                       headers: Headers, extra_response_headers: Headers = ()) -> None: ...
+    async def __call__(self, request: Request, receive: Receive, send: Send, *,
+                       headers: CIMultiDict[str], extra_response_headers: Headers = ()
+                       ) -> None: ...
 
 
 OutcomeKind = Literal["allow", "unauthenticated", "forbidden", "csrf", "unavailable",
                       "limited"]
 WWW_AUTHENTICATE = (b"www-authenticate", b'Bearer realm="gateway"')
+ENCODED_SEPARATOR = Refusal(400, "invalid_path", "An encoded slash or backslash (%2F, %5C) is "
+                                                 "not allowed in the path.")
+INVALID_PATH = Refusal(400, "invalid_path", "The request path is not acceptable.")
+INTERNAL_ERROR = Refusal(500, "internal_error", "The gateway failed to handle this request; "
+                                                "it has been logged under its x-request-id.")
+_CLOSE = [(b"connection", b"close")]
 
 
 @dataclass(slots=True)
@@ -69,9 +89,31 @@ class Outcome:
     detail: str = ""
     location: str | None = None
 
+    async def answer(self, send: Send, *, head: bool) -> None:
+        """The proxy's answer to a request it does not forward (forward-auth words it its
+        own way: ``gateway/forward_auth.py``)."""
+        owed = self.response_headers
+        retry = (b"retry-after", str(self.retry_after).encode("ascii"))
+        if self.kind == "limited":
+            await send_error(send, 429, "too_many_requests",
+                             "Too many new guest sessions; try again shortly.", [retry, *owed],
+                             head=head)
+        elif self.kind == "unavailable":
+            await send_error(send, 503, "auth_unavailable",
+                             "The authentication service is unavailable; try again shortly.",
+                             [retry, *owed], head=head)
+        elif self.kind == "forbidden":
+            await send_error(send, 403, "forbidden", "You are not allowed to do this.", owed,
+                             head=head)
+        elif self.kind == "csrf":
+            await send_error(send, 403, "csrf", self.detail, owed, head=head)
+        elif self.location is not None:
+            await send_redirect(send, self.location, owed)
+        else:
+            await send_error(send, 401, "unauthenticated", self.detail,
+                             [WWW_AUTHENTICATE, *owed], head=head)
 
-_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:@/+=-]{1,128}")
-_CREDENTIAL_HEADERS = (b"authorization", b"cookie")
+
 _DETAIL = {
     "no_token": "Authentication is required.",
     "malformed_token": "The credentials are malformed.",
@@ -81,45 +123,47 @@ _DETAIL = {
 }
 
 
-def request_id_of(scope: Scope) -> str:
-    """The client's ``x-request-id`` if it is a sane one, else a new one."""
-    for name, value in scope["headers"]:
-        if name == b"x-request-id" and _REQUEST_ID.fullmatch(value):
-            return str(value.decode("ascii"))
-    return new_request_id()
+class Reply:
+    """The one way out of a request: every response start gets ``x-request-id`` (and, for an
+    origin ``[cors]`` allows, the gateway's CORS headers instead of any the upstream sent), is
+    counted by status and noted in the request's record with the bytes that follow."""
 
+    __slots__ = ("_added", "_count", "_own_cors", "_record", "_send", "started")
 
-def _decorate(send: Send, added: list[tuple[bytes, bytes]], count: Callable[[int], None],
-              own_cors: bool) -> Send:
-    """Every response carries ``x-request-id`` (and, for an allowed origin, the gateway's CORS
-    headers instead of any the upstream sent), and is counted by status."""
+    def __init__(self, send: Send, added: list[tuple[bytes, bytes]],
+                 count: Callable[[int], None], record: RequestRecord, *,
+                 own_cors: bool = False) -> None:
+        self._send = send
+        self._added = added
+        self._count = count
+        self._own_cors = own_cors
+        self._record = record
+        self.started = False
 
-    async def wrapped(message: Message) -> None:
+    async def __call__(self, message: Message) -> None:
         kind = message["type"]
-        if kind == "http.response.start" or kind == "websocket.accept":
+        if kind == "http.response.body":
+            self._record.bytes_sent += len(message.get("body", b""))
+        elif kind == "http.response.start" or kind == "websocket.accept":
             headers = message.get("headers", ())
-            if own_cors:
+            if self._own_cors:
                 headers = without_upstream_cors(headers)
-            message["headers"] = [*headers, *added]
-            count(message.get("status", 101))
-        await send(message)
-
-    return wrapped
-
-
-def _raw_path(scope: Scope) -> bytes:
-    raw: bytes | None = scope.get("raw_path")
-    if raw is not None:
-        return raw
-    # A server without raw_path gives the decoded path: encode it back.
-    return quote(scope["path"], safe="/!$&'()*+,;=:@~").encode("ascii")
+            message["headers"] = [*headers, *self._added]
+            status = message.get("status", 101)
+            self._record.status = status
+            self._count(status)
+            self.started = True
+        await self._send(message)
 
 
-def _header(headers: Headers, name: bytes) -> bytes | None:
-    for key, value in headers:
-        if key == name:
-            return value
-    return None
+def log_unexpected(exc: Exception, request_id: str) -> None:
+    """An unexpected error, logged without its message: a message may quote a token or a
+    cookie value, which never reach a log line. Where it happened is enough to find it."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = " <- ".join(f"{f.filename.rsplit('/', 2)[-1]}:{f.lineno} {f.name}"
+                        for f in reversed(frames[-6:]))
+    _log.error("unexpected %s handling request %s at %s", type(exc).__name__, request_id,
+               where)
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f%]")
@@ -180,6 +224,7 @@ class HTTPHandler:
         self._cors = cors
         self._login_capture = login
         self._logout = logout
+        self._open_paths = frozenset({login.path, logout.path})
         self._scheme = settings.auth.scheme
         self._schemes = token_schemes(settings.auth.scheme)
         self._own_cookies = own_cookies
@@ -200,120 +245,109 @@ class HTTPHandler:
 
     async def _handle(self, scope: Scope, receive: Receive, send: Send, forward: Forward
                       ) -> None:
-        request_id = request_id_of(scope)
+        request = Request(scope, self._trusted)
         record = current_request()
-        record.request_id = request_id
-        headers: Headers = scope["headers"]
-        added = [(b"x-request-id", request_id.encode("ascii"))]
-        origin = _header(headers, b"origin") if self._cors is not None else None
-        if self._cors is not None and self._cors.allows(origin):
-            assert origin is not None
-            added.extend(self._cors.response_headers(origin))
-        send = _decorate(send, added, self._count, own_cors=self._cors is not None)
-        method: str = scope["method"]
-        head = method == "HEAD"
+        record.request_id = request.request_id
+        record.client_ip = request.client_ip
+        added = [(b"x-request-id", request.request_id.encode("ascii"))]
+        cors = self._cors
+        if cors is not None and cors.allows(request.origin):
+            assert request.origin is not None
+            added.extend(cors.response_headers(request.origin))
+        reply = Reply(send, added, self._count, record, own_cors=cors is not None)
         try:
-            path, decoded = read_path(_raw_path(scope),
-                                      allow_encoded_slash=self._allow_encoded_slash)
+            await self._serve(request, receive, reply, record, forward)
+        except Exception as exc:
+            log_unexpected(exc, request.request_id)
+            if reply.started:  # too late for an answer: the server cuts the response short
+                raise
+            await INTERNAL_ERROR.send(reply, head=request.method == "HEAD")
+
+    async def _serve(self, request: Request, receive: Receive, send: Send,
+                     record: RequestRecord, forward: Forward) -> None:
+        head = request.method == "HEAD"
+        try:
+            request.path, decoded = read_path(request.raw_path,
+                                              allow_encoded_slash=self._allow_encoded_slash)
         except EncodedSeparator:
-            await send_error(send, 400, "invalid_path",
-                             "An encoded slash or backslash (%2F, %5C) is not allowed in the "
-                             "path.", head=head)
+            await ENCODED_SEPARATOR.send(send, head=head)
             return
         except InvalidPath:
-            await send_error(send, 400, "invalid_path", "The request path is not acceptable.",
-                             head=head)
+            await INVALID_PATH.send(send, head=head)
             return
-        record.path = path
-        own = self._endpoints.owns(path, scope)
-        refusal = self._limits.refusal(scope, own_endpoint=own)
+        record.path = request.path
+        own = self._endpoints.owns(request.path, request.scope)
+        refusal = self._limits.refusal(request.scope, own_endpoint=own)
         if refusal is not None:  # head too large, too many headers, bad Host: docs/limits.md
-            await send_error(send, refusal.status, refusal.error, refusal.detail,
-                             [(b"connection", b"close")], head=head)
-            return
-        if own:
+            await refusal.send(send, _CLOSE, head=head)
+        elif own:
             record.access = "gateway"
-            await self._endpoints.handle(scope, send, path)
-            return
-        peer = scope["client"][0] if scope.get("client") else ""
-        client_ip = self._trusted.client_ip(peer, _header(headers, b"x-forwarded-for"))
-        record.client_ip = client_ip
-        if is_preflight(method, headers):  # never needs a token
+            await self._endpoints.handle(request.scope, send, request.path)
+        elif is_preflight(request.method, request.headers):  # never needs a token
             record.access = "public"
-            await self._preflight(scope, receive, send, path, origin, client_ip, request_id)
-            return
-        info = RequestInfo(request_id, client_ip, method, path)
-        if method == "POST" and path in (self._login_capture.path, self._logout.path):
+            await self._preflight(request, receive, send)
+        elif request.method == "POST" and request.path in self._open_paths:
             record.access = "public"  # reachable without a session whatever the routes say
-            # Every login capture and logout is refused cross-site, cookie or not: a forged
-            # login puts the attacker's session in the victim's browser.
-            cross_site = self._cross_site(scope, info)
-            if cross_site is not None:
-                await _refuse(send, cross_site, head=head)
-                return
-            if path == self._logout.path:
-                await self._logout.handle(headers, send, info)
-                return
-            # The login endpoint is reachable without a session whatever the routes say, and
-            # asked for an uncompressed reply: the gateway must read the tokens in it.
-            forwarded = [(k, v) for k, v in self._own_cookies.request_headers(
-                upstream_request_headers(scope, client_ip=client_ip, request_id=request_id,
-                                         trusted=self._trusted), path=path, token=None)
-                if k != b"accept-encoding"]
-            forwarded.append((b"accept-encoding", b"identity"))
-            attempt = self._login_capture.begin(info)
-            await self._upstream.forward(scope, receive, send, path=path, headers=forwarded,
-                                         rewrite=attempt.rewrite, auth_endpoint="login")
-            await attempt.finish(record.status)
-            return
-        route = self._router.match(method, path, decoded)
-        record.access = cast(AccessLevel, route.access)
-        forwarded = upstream_request_headers(scope, client_ip=client_ip, request_id=request_id,
-                                             trusted=self._trusted)
-        outcome = await self.check(scope, route, headers, info, scope.get("query_string", b""))
-        session = outcome.session
-        if outcome.kind == "allow":
-            if session is None:  # public, and no credential to check
-                await forward(scope, receive, send, path=path, headers=forwarded)
-                return
-            forwarded = self._own_cookies.request_headers(forwarded, path=path,
-                                                          token=session.token)
-            forwarded.extend(identity_headers(session, self._scheme))
-            await forward(scope, receive, send, path=path, headers=forwarded,
-                          extra_response_headers=session.response_headers)
-            return
-        await _refuse(send, outcome, head=head)
+            await self._login_or_logout(request, receive, send)
+        else:
+            route = self._router.match(request.method, request.path, decoded)
+            record.access = cast(AccessLevel, route.access)
+            outcome = await self.check(request, route)
+            if outcome.kind == "allow":
+                await self._forward(request, receive, send, forward, outcome.session)
+            else:
+                await outcome.answer(send, head=head)
 
-    async def check(self, scope: Scope, route: Route, headers: Headers, info: RequestInfo,
-                    query: bytes) -> Outcome:
+    async def _forward(self, request: Request, receive: Receive, send: Send, forward: Forward,
+                       session: Session | None) -> None:
+        """Forward an allowed request with what the upstream may see of it and of its
+        session (none on a public route without credentials)."""
+        try:
+            headers = upstream_headers(
+                request, own_cookies=self._own_cookies,
+                token=session.token if session is not None else None,
+                identity=identity_headers(session, self._scheme) if session else ())
+        except InvalidHeader as exc:
+            await send_error(send, 400, "invalid_header", str(exc),
+                             session.response_headers if session else (),
+                             head=request.method == "HEAD")
+            return
+        await forward(request, receive, send, headers=headers,
+                      extra_response_headers=session.response_headers if session else ())
+
+    async def check(self, request: Request, route: Route) -> Outcome:
         """The gateway's decision on one request: refuse it cross-site (gateway/csrf.py),
         resolve its session (validation, refresh, guest issuance) and apply ``route``. Emits
         the audit events of a refusal; answers nothing. The proxy path forwards or refuses on
         it, and forward-auth (``gateway/forward_auth.py``) reports it to the proxy in front
-        (``scope`` is then the proxy's subrequest, which carries the client's headers)."""
-        if ((info.method not in SAFE_METHODS or scope["type"] == "websocket")
-                and self._own_cookies.present(headers)
+        (``request`` then reads the proxy's subrequest, which carries the client's headers,
+        with the original request's method, path and query)."""
+        headers = request.headers
+        if ((request.method not in SAFE_METHODS or request.scope["type"] == "websocket")
+                and request.has_cookies and self._own_cookies.present(headers)
                 and not has_token_header(headers, self._schemes)):
-            refusal = self._cross_site(scope, info)
+            refusal = self._cross_site(request)
             if refusal is not None:
                 return refusal
-        if route.access == "public" and not any(n in _CREDENTIAL_HEADERS for n, _ in headers):
+        if (route.access == "public" and request.authorization is None
+                and not request.has_cookies):
             return Outcome("allow")
         session: Session | None = None  # kept when guest issuance fails: it may clear cookies
         try:
-            session = await self._sessions.resolve(headers, info)
+            session = await self._sessions.resolve(request)
             if (session.identity is None and route.access == "guest"
                     and self._sessions.issues_guests):
-                session = await self._sessions.issue_guest(session, info)
+                session = await self._sessions.issue_guest(session, request)
         except GuestLimited as exc:
-            self._audit.emit("auth.denied", **info.fields(), outcome="limited",
+            self._audit.emit("auth.denied", **request.fields(), outcome="limited",
                              reason="guest_rate_limited")
             return Outcome("limited", session,
                            [*(session.response_headers if session else ())],
                            retry_after=exc.retry_after)
         except BackendUnavailable as exc:
-            self._audit.emit("auth.backend_unavailable", **info.fields(), outcome="unavailable",
-                             reason=exc.reason, token_fp=self._sessions.fingerprint(headers))
+            self._audit.emit("auth.backend_unavailable", **request.fields(),
+                             outcome="unavailable", reason=exc.reason,
+                             token_fp=self._sessions.fingerprint(request))
             owed = [*exc.headers, *(session.response_headers if session else ())]
             return Outcome("unavailable", session, owed, retry_after=5)
 
@@ -325,85 +359,80 @@ class HTTPHandler:
             return Outcome("allow", session, session.response_headers)
         if decision is Decision.FORBIDDEN:
             assert identity is not None
-            self._audit.emit("auth.denied", **info.fields(), outcome="forbidden",
+            self._audit.emit("auth.denied", **request.fields(), outcome="forbidden",
                              reason="missing_role", user_id=identity.user_id,
                              token_fp=session.token_fp)
             return Outcome("forbidden", session, session.response_headers)
-        return self._unauthenticated(headers, query, route, session, info)
+        return self._unauthenticated(request, route, session)
 
-    async def _preflight(self, scope: Scope, receive: Receive, send: Send, path: str,
-                         origin: bytes | None, client_ip: str, request_id: str) -> None:
+    async def _preflight(self, request: Request, receive: Receive, send: Send) -> None:
         if self._cors is None:
             # Forwarded for the app to answer, but with no credential of any kind (and, being
             # a preflight, no body): a token is never needed, so none is passed on.
-            forwarded = self._own_cookies.request_headers(
-                upstream_request_headers(scope, client_ip=client_ip, request_id=request_id,
-                                         trusted=self._trusted),
-                path=path, token=None, keep_none=True)
-            await self._upstream.forward(scope, receive, send, path=path, headers=forwarded)
+            try:
+                headers = upstream_headers(request, own_cookies=self._own_cookies,
+                                           token=None, keep_no_cookie=True)
+            except InvalidHeader as exc:
+                await send_error(send, 400, "invalid_header", str(exc))
+                return
+            await self._upstream.forward(request, receive, send, headers=headers)
             return
-        allowed = self._cors.preflight(origin, scope["headers"])
+        allowed = self._cors.preflight(request.origin, request.headers)
         if allowed is None:
             await send_error(send, 403, "cors_forbidden",
                              "This origin, method or header is not allowed.")
             return
         await send_empty(send, 204, allowed)
 
-    def _cross_site(self, scope: Scope, info: RequestInfo) -> Outcome | None:
+    async def _login_or_logout(self, request: Request, receive: Receive, send: Send) -> None:
+        # Every login capture and logout is refused cross-site, cookie or not: a forged
+        # login puts the attacker's session in the victim's browser.
+        cross_site = self._cross_site(request)
+        if cross_site is not None:
+            await cross_site.answer(send, head=False)
+            return
+        if request.path == self._logout.path:
+            await self._logout.handle(request, send)
+            return
+        try:
+            headers = upstream_headers(request, own_cookies=self._own_cookies, token=None)
+        except InvalidHeader as exc:
+            await send_error(send, 400, "invalid_header", str(exc))
+            return
+        # The gateway must read the tokens in the reply: asked for uncompressed.
+        headers["accept-encoding"] = "identity"
+        attempt = self._login_capture.begin(request)
+        await self._upstream.forward(request, receive, send, headers=headers,
+                                     relay=attempt.relay, auth_endpoint="login")
+        await attempt.finish(current_request().status)
+
+    def _cross_site(self, request: Request) -> Outcome | None:
         """A ``csrf`` refusal (403) when the browser says the request comes from another site
         (gateway/csrf.py), else None."""
         if not self._csrf.enabled:
             return None
-        reason = self._csrf.refusal(scope)
+        reason = self._csrf.refusal(request.scope)
         if reason is None:
             return None
-        headers = scope["headers"]
-        origin = _header(headers, b"origin")
-        site = _header(headers, b"sec-fetch-site")
-        self._audit.emit("auth.csrf_refused", **info.fields(), outcome="refused",
+        origin, site = request.origin, request.sec_fetch_site
+        self._audit.emit("auth.csrf_refused", **request.fields(), outcome="refused",
                          reason=reason,
                          origin=origin.decode("latin-1")[:200] if origin is not None else None,
                          sec_fetch_site=site.decode("latin-1")[:40] if site is not None else None,
-                         token_fp=self._sessions.fingerprint(headers))
+                         token_fp=self._sessions.fingerprint(request))
         return Outcome("csrf", detail="Cross-site request refused: this request must come "
                                       "from the site itself.")
 
-    def _unauthenticated(self, headers: Headers, query: bytes, route: Route, session: Session,
-                         info: RequestInfo) -> Outcome:
+    def _unauthenticated(self, request: Request, route: Route, session: Session) -> Outcome:
         reason = "guest_token" if session.identity is not None else session.reason
-        browser = is_browser_navigation(info.method, headers)
+        browser = is_browser_navigation(request.method, request.headers)
         answer = unauthenticated_answer(route, browser)
-        self._audit.emit("auth.denied", **info.fields(), outcome="unauthenticated",
+        self._audit.emit("auth.denied", **request.fields(), outcome="unauthenticated",
                          reason=reason, answer=answer, token_fp=session.token_fp,
                          user_id=session.identity.user_id if session.identity else None)
         location = None
         if answer == "redirect":
-            location = login_location(self._login.url, self._login.return_param, info.path,
-                                      query)
+            location = login_location(self._login.url, self._login.return_param, request.path,
+                                      request.query)
         return Outcome("unauthenticated", session, session.response_headers,
                        detail=_DETAIL.get(reason, _DETAIL["no_token"]), location=location)
-
-
-async def _refuse(send: Send, outcome: Outcome, *, head: bool) -> None:
-    """The proxy's answer to a request it does not forward."""
-    owed = outcome.response_headers
-    if outcome.kind == "limited":
-        await send_error(send, 429, "too_many_requests",
-                         "Too many new guest sessions; try again shortly.",
-                         [(b"retry-after", str(outcome.retry_after).encode("ascii")), *owed],
-                         head=head)
-    elif outcome.kind == "unavailable":
-        await send_error(send, 503, "auth_unavailable",
-                         "The authentication service is unavailable; try again shortly.",
-                         [(b"retry-after", str(outcome.retry_after).encode("ascii")), *owed],
-                         head=head)
-    elif outcome.kind == "forbidden":
-        await send_error(send, 403, "forbidden", "You are not allowed to do this.", owed,
-                         head=head)
-    elif outcome.kind == "csrf":
-        await send_error(send, 403, "csrf", outcome.detail, owed, head=head)
-    elif outcome.location is not None:
-        await send_redirect(send, outcome.location, owed)
-    else:
-        await send_error(send, 401, "unauthenticated", outcome.detail,
-                         [WWW_AUTHENTICATE, *owed], head=head)

@@ -9,8 +9,8 @@ slow clients) live in ``gateway/server.py``. See ``docs/limits.md``.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
+from gateway.responses import Refusal
 from gateway.settings import ServerSettings
 from gateway.types import Scope
 
@@ -19,15 +19,6 @@ from gateway.types import Scope
 # else (userinfo ``a@b``, spaces, paths, several values) is not a host.
 _HOST = re.compile(rb"(?P<name>[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*\.?|\[[0-9A-Fa-f:.]+\])"
                    rb"(?::(?P<port>[0-9]{1,5}))?")
-
-
-@dataclass(frozen=True)
-class Refusal:
-    """Why a request is refused before the gateway looks any further: the JSON error answer."""
-
-    status: int
-    error: str
-    detail: str
 
 
 TOO_MANY_HEADERS = Refusal(431, "too_many_headers", "The request has too many header fields.")

@@ -14,26 +14,29 @@
 from __future__ import annotations
 
 import json
+import zlib
 from typing import Any
+
+import aiohttp
 
 from gateway.accesslog import current_request
 from gateway.audit import AuditLog, token_fp
 from gateway.authclient import AuthClient, BackendUnavailable, dig
 from gateway.cookies import CookiePolicy
+from gateway.proxy import CHUNK, pump
 from gateway.refresh import Refresher
-from gateway.responses import send_empty, send_redirect
+from gateway.request import Request
+from gateway.responses import send_empty, send_error, send_redirect
 from gateway.routes import is_browser_navigation
-from gateway.session import RequestInfo
 from gateway.settings import Settings
 from gateway.tokens import (
     FoundToken,
     MalformedToken,
     find_token,
     is_token,
-    request_cookies,
     token_schemes,
 )
-from gateway.types import Headers, Send
+from gateway.types import Send
 from gateway.validation import Validator
 
 
@@ -48,16 +51,61 @@ def _drop(document: Any, dotted: str) -> None:
 
 
 class LoginAttempt:
-    """One login request: :meth:`rewrite` is the ``rewrite`` callback of
+    """One login request: :meth:`relay` is the ``relay`` hook of
     :meth:`gateway.proxy.Upstream.forward` (it sees the backend's reply before the client
     does, so the audit event is written before the answer leaves), then :meth:`finish` with
     the status the client got covers replies the rewrite never saw (a 502 from the gateway,
     a reply too large to read)."""
 
-    def __init__(self, capture: LoginCapture, info: RequestInfo) -> None:
+    def __init__(self, capture: LoginCapture, info: Request) -> None:
         self._capture = capture
         self._info = info
         self._reported = False
+
+    async def relay(self, response: aiohttp.ClientResponse, send: Send,
+                    upstream: list[tuple[bytes, bytes]], own: list[tuple[bytes, bytes]]
+                    ) -> bool:
+        """The backend's reply to the login, read whole (with or without Content-Length and
+        whatever its content type, decoded from gzip or deflate) if it is at most 1 MiB both
+        as sent and decoded, and sent on with the tokens moved into cookies
+        (:meth:`rewrite`). False for a larger or undecodable reply: the proxy relays it as it
+        came (:meth:`finish` still reports its status)."""
+        if not _rewritable(response):
+            return False
+        buffer = bytearray()
+        try:
+            async for chunk in response.content.iter_chunked(CHUNK):
+                buffer += chunk
+                if len(buffer) > _REWRITE_LIMIT:  # too big to be a login reply: pass it on
+                    await send({"type": "http.response.start", "status": response.status,
+                                "headers": [*upstream, *own]})
+                    await send({"type": "http.response.body", "body": bytes(buffer),
+                                "more_body": True})
+                    await pump(response, send)
+                    return True
+        except (aiohttp.ClientError, OSError, TimeoutError):
+            await send_error(send, 502, "upstream_error",
+                             "The upstream response was cut short.", own)
+            return True
+        raw = bytes(buffer)
+        encoding = response.headers.get("content-encoding", "identity").strip().lower()
+        decoded = raw if encoding == "identity" else _decompressed(raw, encoding)
+        added, payload = (await self.rewrite(response.status, decoded) if decoded is not None
+                          else ([], raw))
+        if not added:  # not a login reply with tokens: the upstream's bytes, untouched
+            await send({"type": "http.response.start", "status": response.status,
+                        "headers": [*upstream, *own]})
+            await send({"type": "http.response.body", "body": raw})
+            return True
+        headers = [(k, v) for k, v in upstream
+                   if k not in (b"content-length", b"content-encoding")]
+        headers.append((b"content-length", str(len(payload)).encode("latin-1")))
+        headers.extend(own)
+        headers.extend(added)
+        await send({"type": "http.response.start", "status": response.status,
+                    "headers": headers})
+        await send({"type": "http.response.body", "body": payload})
+        return True
 
     async def rewrite(self, status: int, body: bytes) -> tuple[list[tuple[bytes, bytes]], bytes]:
         if not 200 <= status < 300:
@@ -114,7 +162,7 @@ class LoginCapture:
         self.audit = audit
         self._validator = validator
 
-    def begin(self, info: RequestInfo) -> LoginAttempt:
+    def begin(self, info: Request) -> LoginAttempt:
         return LoginAttempt(self, info)
 
     async def user_id(self, access: str) -> str | None:
@@ -144,10 +192,10 @@ class Logout:
         self._cookies = cookies
         self._audit = audit
 
-    async def handle(self, headers: Headers, send: Send, info: RequestInfo) -> None:
-        jar = request_cookies(headers)
+    async def handle(self, info: Request, send: Send) -> None:
+        jar = info.cookies()
         try:
-            found = find_token(headers, self._cookie_settings, jar, self._schemes)
+            found = find_token(info.headers, self._cookie_settings, jar, self._schemes)
         except MalformedToken:
             found = None
         access = found.value if found is not None and found.source != "guest_cookie" else None
@@ -161,12 +209,12 @@ class Logout:
                          token_fp=token_fp(access) if access else None)
         cleared = self._cookies.clear_all()
         # A logout form POST is a navigation too: judge it by its headers as a GET would be.
-        if is_browser_navigation("GET", headers):
+        if is_browser_navigation("GET", info.headers):
             await send_redirect(send, "/", cleared)
         else:
             await send_empty(send, 204, cleared)
 
-    async def _revoke(self, access: str | None, refresh: str | None, info: RequestInfo) -> str:
+    async def _revoke(self, access: str | None, refresh: str | None, info: Request) -> str:
         send = self._settings.send
         credential = access if send == "access_header" else refresh
         if not credential:
@@ -181,3 +229,53 @@ class Logout:
                              reason=exc.reason)
             return "failed"
         return "ok" if reply.ok else f"status_{reply.status}"
+
+
+# -- reading a login reply: bounded, decompressed ------------------------------------------
+
+_REWRITE_LIMIT = 1024 * 1024
+# zlib wbits: gzip only, or zlib-wrapped deflate ("deflate" as most servers send it).
+_DECODERS = {"gzip": 31, "x-gzip": 31, "deflate": 15}
+
+
+def _rewritable(response: aiohttp.ClientResponse) -> bool:
+    """Small enough to hold, and in an encoding the gateway can read. The content type is not
+    trusted: a login reply labelled text/plain still carries tokens to keep from scripts."""
+    length = response.content_length
+    encoding = response.headers.get("content-encoding", "identity").strip().lower()
+    return (length is None or length <= _REWRITE_LIMIT) and (
+        encoding == "identity" or encoding in _DECODERS)
+
+
+def _decompressed(raw: bytes, encoding: str) -> bytes | None:
+    """The whole decoded body if it is at most ``_REWRITE_LIMIT`` bytes (no zip bombs), else
+    None. "deflate" is read with its zlib wrapper or, as some servers send it, without."""
+    wbits = _DECODERS.get(encoding)
+    if wbits is None:
+        return None
+    out = _inflate(raw, wbits)
+    if out is None and wbits == 15:
+        out = _inflate(raw, -15)
+    return out
+
+
+def _inflate(raw: bytes, wbits: int) -> bytes | None:
+    """Every gzip member (a gzip body may hold several) or the one deflate stream, never
+    more than ``_REWRITE_LIMIT`` bytes of output; None if truncated, too big or trailed by
+    anything else."""
+    out = bytearray()
+    rest = raw
+    while True:
+        decoder = zlib.decompressobj(wbits)
+        try:
+            # max_length 0 would mean no limit: the room left is always at least 1 here.
+            out += decoder.decompress(rest, _REWRITE_LIMIT + 1 - len(out))
+        except zlib.error:
+            return None
+        if len(out) > _REWRITE_LIMIT or not decoder.eof:
+            return None
+        rest = decoder.unused_data
+        if not rest:
+            return bytes(out)
+        if wbits != 31:
+            return None

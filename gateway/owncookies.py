@@ -46,10 +46,12 @@ class OwnCookies:
         """The backend's own refresh, login or logout path (normalized)."""
         return path in self._auth_paths
 
-    def request_headers(self, headers: Headers, *, path: str, token: str | None,
-                        keep_none: bool = False) -> list[tuple[bytes, bytes]]:
-        """``headers`` with the gateway's cookies taken out of every ``Cookie`` header (one
-        left empty is dropped); ``keep_none`` removes all three whatever the path."""
+    def forwarded_cookie(self, value: bytes, *, path: str, token: str | None,
+                         keep_none: bool = False) -> bytes | None:
+        """One ``Cookie`` header as the upstream may see it: the gateway's cookies taken out
+        (None when nothing is left); ``keep_none`` removes all three whatever the path."""
+        if not any(n in value for n in self.names):
+            return value
         keep: set[bytes] = set()
         if not keep_none:
             if self.is_auth_path(path):
@@ -57,16 +59,10 @@ class OwnCookies:
             if self._keep_access and token is not None:
                 keep.add(self._access)
         token_bytes = token.encode("ascii") if token is not None else b""
-        out: list[tuple[bytes, bytes]] = []
-        for name, value in headers:
-            if name == b"cookie" and any(n in value for n in self.names):
-                pieces = [p for p in value.split(b";")
-                          if not self._dropped(p, keep, token_bytes)]
-                if not pieces:
-                    continue
-                value = b";".join(pieces).lstrip(b" ")
-            out.append((name, value))
-        return out
+        pieces = [p for p in value.split(b";") if not self._dropped(p, keep, token_bytes)]
+        if not pieces:
+            return None
+        return b";".join(pieces).lstrip(b" ")
 
     def _dropped(self, piece: bytes, keep: set[bytes], token: bytes) -> bool:
         name = _name(piece)

@@ -8,10 +8,8 @@ response to a client that goes away is abandoned and its upstream connection clo
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import re
 import time
-import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from urllib.parse import urlsplit
 
@@ -23,9 +21,12 @@ from yarl import URL
 from gateway.accesslog import current_request
 from gateway.metrics import AuthEndpoint, CallOutcome, Metrics, call_outcome
 from gateway.owncookies import OwnCookies, without_set_cookies
+from gateway.request import Request, TrustedProxies
 from gateway.responses import send_error
 from gateway.settings import UpstreamSettings
-from gateway.types import Headers, Receive, Scope, Send
+from gateway.types import Headers, Receive, Send
+
+__all__ = ["TrustedProxies", "Upstream", "pump", "response_headers", "upstream_headers"]
 
 HOP_BY_HOP = frozenset({
     b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization",
@@ -46,16 +47,26 @@ _GATEWAY_OWNED = frozenset({b"x-request-id", b"authorization"})
 # server; sent on, it would make the client library wait for a 100 that may never come before
 # its read timeout even starts.
 _FRAMING = frozenset({b"content-length", b"expect"})
-_CHUNK = 64 * 1024
+_DROPPED = HOP_BY_HOP | _GATEWAY_OWNED | _FRAMING
+# Request headers passed on as they are unless ``Connection`` names them: the common ones.
+_PASSED = frozenset({b"accept", b"accept-encoding", b"accept-language", b"user-agent",
+                     b"content-type", b"referer", b"origin", b"cache-control", b"pragma",
+                     b"if-none-match", b"if-modified-since", b"sec-fetch-site",
+                     b"sec-fetch-mode", b"sec-fetch-dest", b"x-requested-with"})
+CHUNK = 64 * 1024
 # A body announced at no more than one chunk is read in one go (what streaming it would
 # read anyway) and sent with its headers; anything larger streams.
-_SMALL_BODY = _CHUNK
-_REWRITE_LIMIT = 1024 * 1024
+_SMALL_BODY = CHUNK
 _UNSAFE_QUERY_BYTE = re.compile(rb"[^\x21-\x7e]")
 
 
-# (status, body) -> (headers to add, new body): how login capture edits a reply.
-Rewrite = Callable[[int, bytes], Awaitable[tuple[list[tuple[bytes, bytes]], bytes]]]
+# Takes over relaying an upstream reply (login capture's, gateway/login.py): the response, the
+# client's send, the upstream's headers as the client may see them, and the gateway's own
+# headers owed to the client whatever the answer. False: not its kind of reply, relay it as
+# any other.
+ResponseRelay = Callable[
+    [aiohttp.ClientResponse, Send, list[tuple[bytes, bytes]], list[tuple[bytes, bytes]]],
+    Awaitable[bool]]
 
 
 class ClientDisconnect(Exception):
@@ -84,84 +95,84 @@ def _connection_listed(headers: Iterable[tuple[bytes, bytes]]) -> set[bytes]:
     return listed
 
 
-class TrustedProxies:
-    """Peers whose ``X-Forwarded-*`` headers are believed (``server.trusted_proxies``)."""
-
-    def __init__(self, networks: Iterable[str]) -> None:
-        self._networks = [ipaddress.ip_network(n, strict=False) for n in networks]
-
-    def __contains__(self, address: str) -> bool:
-        if not self._networks:
-            return False
-        try:
-            ip = ipaddress.ip_address(address)
-        except ValueError:
-            return False
-        return any(ip in network for network in self._networks)
-
-    def client_ip(self, peer: str, forwarded_for: bytes | None) -> str:
-        """The address of the real client: walk ``X-Forwarded-For`` right to left past
-        trusted hops; an untrusted peer's header is ignored."""
-        if forwarded_for is None or peer not in self:
-            return peer
-        hops = [h.strip().decode("latin-1") for h in forwarded_for.split(b",") if h.strip()]
-        for hop in reversed(hops):
-            if hop not in self:
-                return hop
-        return hops[0] if hops else peer
+class InvalidHeader(ValueError):
+    """A request header the upstream cannot be sent as received (bytes that are not UTF-8)."""
 
 
-def upstream_request_headers(
-    scope: Scope, *, client_ip: str, request_id: str, trusted: TrustedProxies
-) -> list[tuple[bytes, bytes]]:
-    """The client's headers as the upstream may see them.
+def upstream_headers(request: Request, *, own_cookies: OwnCookies | None, token: str | None,
+                     identity: Headers = (), keep_no_cookie: bool = False) -> CIMultiDict[str]:
+    """What the upstream sees of the request, built once, after the access decision, in
+    aiohttp's own header type: the client's headers minus
 
-    Drops hop-by-hop headers and any named in ``Connection``, ``Host`` (the upstream's own is
-    used), ``Authorization`` and the identity headers (only the gateway sets those, from its own
-    validation), ``X-Forwarded-*``, ``X-Real-IP`` and the like unless the peer is trusted
-    (``_`` spellings of them from anyone); then (re)builds
-    ``X-Forwarded-For/-Proto/-Host`` and ``x-request-id``.
-    """
-    raw: list[tuple[bytes, bytes]] = scope["headers"]
-    listed = _connection_listed(raw)
-    peer = scope["client"][0] if scope.get("client") else ""
-    peer_trusted = peer in trusted
-    kept: list[tuple[bytes, bytes]] = []
+    * hop-by-hop headers and any named in ``Connection``, ``Host`` (the upstream's own is
+      used), the body's framing (the gateway frames the body itself: ``Upstream.forward``);
+    * ``Authorization`` and the identity headers: only the gateway sets those (``identity``,
+      from its own validation);
+    * ``X-Forwarded-*``, ``X-Real-IP`` and the like unless the peer is trusted (``_``
+      spellings of them from anyone);
+    * the gateway's own cookies (``gateway/owncookies.py``; ``keep_no_cookie`` removes all
+      three whatever the path, ``token`` is the one being forwarded),
+
+    then ``X-Forwarded-For/-Proto/-Host`` and ``x-request-id`` (re)built. Header bytes are
+    decoded as UTF-8, which aiohttp writes back exactly; bytes that are not UTF-8 raise
+    :class:`InvalidHeader` (the caller answers 400) rather than reaching the upstream
+    altered."""
+    listed = request.connection_listed
+    peer_trusted = request.peer in request.trusted
+    kept: list[tuple[str, str]] = []
     host = b""
     prior_for = b""
+    scope = request.scope
     proto = scope.get("scheme", "http").encode("latin-1")
     forwarded_host = b""
-    for name, value in raw:
-        if name == b"host":
-            host = value
-            continue
-        if name in HOP_BY_HOP or name in listed or name in _GATEWAY_OWNED or name in _FRAMING:
-            continue
-        if b"_" in name and _underscored_spoof(name):
-            continue
-        if name in _PROXY_SET:
-            if peer_trusted:
-                kept.append((name, value))
-            continue
-        if name in _FORWARDED:
-            if peer_trusted:
-                if name == b"x-forwarded-for":
-                    prior_for = value if not prior_for else prior_for + b", " + value
-                elif name == b"x-forwarded-proto":
-                    proto = value
-                elif name == b"x-forwarded-host":
-                    forwarded_host = value
-            continue
-        if is_identity_header(name):
-            continue
-        kept.append((name, value))
-    xff = (prior_for + b", " + peer.encode("latin-1")) if prior_for else peer.encode("latin-1")
-    kept.append((b"x-forwarded-for", xff))
-    kept.append((b"x-forwarded-proto", proto))
+    cookies = own_cookies.forwarded_cookie if own_cookies is not None else None
+    try:
+        for name, value in request.headers:
+            if listed and name in listed:
+                continue
+            if name in _PASSED:  # the common ones, known to need nothing more
+                pass
+            elif name == b"host":
+                host = value
+                continue
+            elif name in _DROPPED:
+                continue
+            elif name == b"cookie":
+                if cookies is not None:
+                    filtered = cookies(value, path=request.path, token=token,
+                                       keep_none=keep_no_cookie)
+                    if filtered is None:
+                        continue
+                    value = filtered
+            elif b"_" in name and _underscored_spoof(name):
+                continue
+            elif name in _PROXY_SET:
+                if not peer_trusted:
+                    continue
+            elif name in _FORWARDED:
+                if peer_trusted:
+                    if name == b"x-forwarded-for":
+                        prior_for = value if not prior_for else prior_for + b", " + value
+                    elif name == b"x-forwarded-proto":
+                        proto = value
+                    elif name == b"x-forwarded-host":
+                        forwarded_host = value
+                continue
+            elif is_identity_header(name):
+                continue
+            kept.append((name.decode("latin-1"), value.decode("utf-8")))
+        for name, value in identity:
+            kept.append((name.decode("latin-1"), value.decode("utf-8")))
+    except UnicodeDecodeError:
+        raise InvalidHeader("A request header holds bytes that are not UTF-8.") from None
+    peer = request.peer
+    kept.append(("x-forwarded-for", (prior_for.decode("latin-1") + ", " + peer) if prior_for
+                 else peer))
+    kept.append(("x-forwarded-proto", proto.decode("latin-1")))
     if forwarded_host or host:
-        kept.append((b"x-forwarded-host", forwarded_host or host))
-    kept.append((b"x-request-id", request_id.encode("latin-1")))
-    return kept
+        kept.append(("x-forwarded-host", (forwarded_host or host).decode("latin-1")))
+    kept.append(("x-request-id", request.request_id))
+    return CIMultiDict(kept)
 
 
 def response_headers(raw: Iterable[tuple[bytes, bytes]],
@@ -180,28 +191,6 @@ def response_headers(raw: Iterable[tuple[bytes, bytes]],
             continue
         out.append((lower, value))
     return without_set_cookies(out, drop_cookies)
-
-
-def _has_body(scope: Scope) -> bool:
-    for name, value in scope["headers"]:
-        if name == b"transfer-encoding" or (name == b"content-length" and value.strip() != b"0"):
-            return True
-    return False
-
-
-def declared_length(scope: Scope) -> int | None:
-    """The body length the client announced, if its framing is unambiguous: exactly one
-    ``Content-Length`` of digits and no ``Transfer-Encoding`` (with both, the server framed
-    the body by the latter and the length means nothing)."""
-    lengths = []
-    for name, value in scope["headers"]:
-        if name == b"transfer-encoding":
-            return None
-        if name == b"content-length":
-            lengths.append(value.strip())
-    if len(lengths) != 1 or not lengths[0].isdigit():
-        return None
-    return int(lengths[0])
 
 
 class _BodyTooLarge(Exception):
@@ -319,8 +308,7 @@ class Upstream:
     """The shared client toward the upstream app, and the forwarding of one request."""
 
     def __init__(self, settings: UpstreamSettings, own_cookies: OwnCookies | None = None, *,
-                 max_body_bytes: int = 0, trusted: TrustedProxies | None = None,
-                 metrics: Metrics | None = None) -> None:
+                 max_body_bytes: int = 0, metrics: Metrics | None = None) -> None:
         self._own_cookies = own_cookies
         parts = urlsplit(settings.url)
         self._metrics = metrics
@@ -328,7 +316,6 @@ class Upstream:
         self._base_path = parts.path.rstrip("/")
         self._settings = settings
         self._max_body_bytes = max_body_bytes
-        self._trusted = trusted or TrustedProxies(())
         self._session: aiohttp.ClientSession | None = None
         self._slots: asyncio.Semaphore | None = None
         self._per_client = _ClientSlots(settings.max_connections_per_client)
@@ -345,7 +332,7 @@ class Upstream:
             auto_decompress=False,
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=s.connect_timeout_s,
                                           sock_read=s.read_timeout_s),
-            read_bufsize=_CHUNK,
+            read_bufsize=CHUNK,
         )
         self._slots = asyncio.Semaphore(s.max_connections)
 
@@ -372,49 +359,35 @@ class Upstream:
             return False
         return True
 
-    def _client(self, scope: Scope) -> str:
-        """The client address as the gateway computes it everywhere (trusted proxies)."""
-        peer = scope["client"][0] if scope.get("client") else ""
-        forwarded_for = None
-        for name, value in scope["headers"]:
-            if name == b"x-forwarded-for":
-                forwarded_for = value
-                break
-        return self._trusted.client_ip(peer, forwarded_for)
-
     async def forward(
         self,
-        scope: Scope,
+        request: Request,
         receive: Receive,
         send: Send,
         *,
-        path: str,
-        headers: Headers,
+        headers: CIMultiDict[str],
         extra_response_headers: Headers = (),
-        rewrite: Rewrite | None = None,
+        relay: ResponseRelay | None = None,
         auth_endpoint: AuthEndpoint | None = None,
     ) -> None:
-        """Send the request upstream and stream the answer back to the client.
+        """Send the request upstream with ``headers`` (:func:`upstream_headers`) and stream
+        the answer back to the client, ``extra_response_headers`` added.
 
-        ``rewrite`` (for the small JSON replies of login capture) gets the whole reply body,
-        with or without Content-Length and whatever its content type, decoded from gzip or
-        deflate, if it is at most 1 MiB both as sent and decoded; it returns the headers to add
-        and the body to send instead (then sent uncompressed). Larger or undecodable replies,
-        and replies it leaves alone, pass through unchanged. ``auth_endpoint`` names an auth
-        call made this way (login), also timed as one in the metrics."""
-        assert self._session is not None and self._slots is not None
-        head = scope["method"] == "HEAD"
+        ``relay`` takes over relaying the upstream's reply (login capture's:
+        ``gateway/login.py``). ``auth_endpoint`` names an auth call made this way (login),
+        also timed as one in the metrics."""
+        head = request.method == "HEAD"
         own = [*extra_response_headers]
         # Framing toward the upstream is the gateway's own (docs/limits.md): a body announced
         # with one Content-Length is sent with that length, counted and cut off if it differs;
         # any other body is read ahead up to one chunk and, if it ends there, sent with its
         # exact length, else chunked.
-        length = declared_length(scope)
+        length = request.declared_length
         limit = self._max_body_bytes
         if limit and length is not None and length > limit:
             await _send_too_large(send, own, head)
             return
-        body = _RequestBody(receive, _has_body(scope), limit=limit, length=length)
+        body = _RequestBody(receive, request.has_body, limit=limit, length=length)
         whole: bytes | None = None
         if not body.done and (length is None or length <= _SMALL_BODY):
             try:
@@ -424,7 +397,7 @@ class Upstream:
                 return
             except (ClientDisconnect, _BodyMismatch):
                 return
-        client = self._client(scope)
+        client = request.client_ip
         if not await self._per_client.acquire(client, self._settings.connect_timeout_s):
             await send_error(send, 429, "too_many_connections",
                              "This client holds too many upstream connections; "
@@ -432,31 +405,29 @@ class Upstream:
                              [*own, (b"retry-after", b"1")], head=head)
             return
         try:
-            await self._forward_claimed(scope, receive, send, path=path, headers=headers,
-                                        own=own, body=body, whole=whole, length=length,
-                                        rewrite=rewrite, auth_endpoint=auth_endpoint)
+            await self._forward_claimed(request, receive, send, headers=headers, own=own,
+                                        body=body, whole=whole, length=length, relay=relay,
+                                        auth_endpoint=auth_endpoint)
         finally:
             self._per_client.release(client)
 
     async def _forward_claimed(
         self,
-        scope: Scope,
+        request: Request,
         receive: Receive,
         send: Send,
         *,
-        path: str,
-        headers: Headers,
+        headers: CIMultiDict[str],
         own: list[tuple[bytes, bytes]],
         body: _RequestBody,
         whole: bytes | None,
         length: int | None,
-        rewrite: Rewrite | None,
+        relay: ResponseRelay | None,
         auth_endpoint: AuthEndpoint | None,
     ) -> None:
-        assert self._session is not None and self._slots is not None
-        head = scope["method"] == "HEAD"
-        drop = (self._own_cookies.response_filter(path) if self._own_cookies is not None
-                else frozenset())
+        assert self._session is not None and self._slots is not None, (
+            "Upstream.start() was not awaited")
+        head = request.method == "HEAD"
         if not await self._acquire():
             await send_error(send, 503, "upstream_busy",
                              "The upstream connection pool is exhausted; try again shortly.",
@@ -465,24 +436,17 @@ class Upstream:
         if self._metrics is not None:
             self._metrics.upstream_in_use.inc()
         try:
-            try:
-                outgoing = header_strings(headers)
-            except UnicodeDecodeError:
-                await send_error(send, 400, "invalid_header",
-                                 "A request header holds bytes that are not UTF-8.", own,
-                                 head=head)
-                return
             data: bytes | AsyncIterator[bytes] | None = whole
             if whole is None and not body.done:
                 data = body.__aiter__()
                 if length is not None:
-                    outgoing["Content-Length"] = str(length)
+                    headers["Content-Length"] = str(length)
             started = time.perf_counter()
             try:
                 response = await self._session.request(
-                    scope["method"],
-                    self.url(path, scope.get("query_string", b"")),
-                    headers=outgoing,
+                    request.method,
+                    self.url(request.path, request.query),
+                    headers=headers,
                     data=data,
                     allow_redirects=False,
                     compress=None,
@@ -507,10 +471,11 @@ class Upstream:
                 return
             self._timed(started, call_outcome(response.status), auth_endpoint)
             try:
-                if rewrite is not None and _rewritable(response):
-                    await self._relay_rewritten(response, send, own, rewrite, drop)
-                else:
-                    await self._relay(response, send, receive, body, own, drop)
+                drop = (self._own_cookies.response_filter(request.path)
+                        if self._own_cookies is not None else frozenset())
+                upstream = response_headers(response.raw_headers, drop)
+                if relay is None or not await relay(response, send, upstream, own):
+                    await self._relay(response, send, receive, body, [*upstream, *own], own)
             finally:
                 response.close()
         finally:
@@ -534,11 +499,9 @@ class Upstream:
         send: Send,
         receive: Receive,
         body: _RequestBody,
+        headers: list[tuple[bytes, bytes]],
         own: list[tuple[bytes, bytes]],
-        drop: frozenset[bytes],
     ) -> None:
-        headers = response_headers(response.raw_headers, drop)
-        headers.extend(own)
         length = response.content_length
         if length is not None and length <= _SMALL_BODY:
             try:
@@ -554,7 +517,7 @@ class Upstream:
         await send({"type": "http.response.start", "status": response.status,
                     "headers": headers})
         if not body.done:  # the upstream answered before reading all of the request body
-            await self._pump(response, send)
+            await pump(response, send)
             return
         gone = anyio.Event()
         async with anyio.create_task_group() as group:
@@ -568,117 +531,20 @@ class Upstream:
                 group.cancel_scope.cancel()
 
             group.start_soon(watch)
-            await self._pump(response, send, gone)
+            await pump(response, send, gone)
             group.cancel_scope.cancel()
 
-    async def _relay_rewritten(
-        self,
-        response: aiohttp.ClientResponse,
-        send: Send,
-        own: list[tuple[bytes, bytes]],
-        rewrite: Rewrite,
-        drop: frozenset[bytes],
-    ) -> None:
-        buffer = bytearray()
-        try:
-            async for chunk in response.content.iter_chunked(_CHUNK):
-                buffer += chunk
-                if len(buffer) > _REWRITE_LIMIT:  # too big to be a login reply: pass it on
-                    await send({"type": "http.response.start", "status": response.status,
-                                "headers": [*response_headers(response.raw_headers, drop),
-                                            *own]})
-                    await send({"type": "http.response.body", "body": bytes(buffer),
-                                "more_body": True})
-                    await self._pump(response, send)
-                    return
-        except (aiohttp.ClientError, OSError, TimeoutError):
-            await send_error(send, 502, "upstream_error",
-                             "The upstream response was cut short.", own)
-            return
-        raw = bytes(buffer)
-        encoding = response.headers.get("content-encoding", "identity").strip().lower()
-        decoded = raw if encoding == "identity" else _decompressed(raw, encoding)
-        added, payload = (await rewrite(response.status, decoded) if decoded is not None
-                          else ([], raw))
-        upstream_headers = response_headers(response.raw_headers, drop)
-        if not added:  # not a login reply with tokens: the upstream's bytes, untouched
-            await send({"type": "http.response.start", "status": response.status,
-                        "headers": [*upstream_headers, *own]})
-            await send({"type": "http.response.body", "body": raw})
-            return
-        headers = [(k, v) for k, v in upstream_headers
-                   if k not in (b"content-length", b"content-encoding")]
-        headers.append((b"content-length", str(len(payload)).encode("latin-1")))
-        headers.extend(own)
-        headers.extend(added)
-        await send({"type": "http.response.start", "status": response.status,
-                    "headers": headers})
-        await send({"type": "http.response.body", "body": payload})
 
-    @staticmethod
-    async def _pump(response: aiohttp.ClientResponse, send: Send,
-                    gone: anyio.Event | None = None) -> None:
-        try:
-            async for chunk in response.content.iter_chunked(_CHUNK):
-                if gone is not None and gone.is_set():
-                    return
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        except (aiohttp.ClientError, OSError, TimeoutError):
-            # Headers are gone already: end without completing the body, so the server
-            # closes the connection and the client sees a truncated response, not a whole one.
-            return
-        await send({"type": "http.response.body", "body": b""})
-
-
-# zlib wbits: gzip only, or zlib-wrapped deflate ("deflate" as most servers send it).
-_DECODERS = {"gzip": 31, "x-gzip": 31, "deflate": 15}
-
-
-def _rewritable(response: aiohttp.ClientResponse) -> bool:
-    """Small enough to hold, and in an encoding the gateway can read. The content type is not
-    trusted: a login reply labelled text/plain still carries tokens to keep from scripts."""
-    length = response.content_length
-    encoding = response.headers.get("content-encoding", "identity").strip().lower()
-    return (length is None or length <= _REWRITE_LIMIT) and (
-        encoding == "identity" or encoding in _DECODERS)
-
-
-def _decompressed(raw: bytes, encoding: str) -> bytes | None:
-    """The whole decoded body if it is at most ``_REWRITE_LIMIT`` bytes (no zip bombs), else
-    None. "deflate" is read with its zlib wrapper or, as some servers send it, without."""
-    wbits = _DECODERS.get(encoding)
-    if wbits is None:
-        return None
-    out = _inflate(raw, wbits)
-    if out is None and wbits == 15:
-        out = _inflate(raw, -15)
-    return out
-
-
-def _inflate(raw: bytes, wbits: int) -> bytes | None:
-    """Every gzip member (a gzip body may hold several) or the one deflate stream, never
-    more than ``_REWRITE_LIMIT`` bytes of output; None if truncated, too big or trailed by
-    anything else."""
-    out = bytearray()
-    rest = raw
-    while True:
-        decoder = zlib.decompressobj(wbits)
-        try:
-            # max_length 0 would mean no limit: the room left is always at least 1 here.
-            out += decoder.decompress(rest, _REWRITE_LIMIT + 1 - len(out))
-        except zlib.error:
-            return None
-        if len(out) > _REWRITE_LIMIT or not decoder.eof:
-            return None
-        rest = decoder.unused_data
-        if not rest:
-            return bytes(out)
-        if wbits != 31:
-            return None
-
-
-def header_strings(headers: Headers) -> CIMultiDict[str]:
-    """aiohttp writes header strings as UTF-8: decoding the bytes as UTF-8 sends them on
-    exactly. Bytes that are not UTF-8 raise UnicodeDecodeError (the caller answers 400)
-    rather than reaching the upstream altered."""
-    return CIMultiDict((k.decode("latin-1"), v.decode("utf-8")) for k, v in headers)
+async def pump(response: aiohttp.ClientResponse, send: Send,
+               gone: anyio.Event | None = None) -> None:
+    """Stream the rest of ``response``'s body to the client, its head already sent."""
+    try:
+        async for chunk in response.content.iter_chunked(CHUNK):
+            if gone is not None and gone.is_set():
+                return
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    except (aiohttp.ClientError, OSError, TimeoutError):
+        # Headers are gone already: end without completing the body, so the server
+        # closes the connection and the client sees a truncated response, not a whole one.
+        return
+    await send({"type": "http.response.body", "body": b""})

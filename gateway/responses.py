@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from email.utils import formatdate
 from typing import Any
 
@@ -66,3 +67,17 @@ async def send_empty(send: Send, status: int, headers: Headers = ()) -> None:
         "headers": [*headers] if status in (204, 304) else [(b"content-length", b"0"), *headers],
     })
     await send({"type": "http.response.body", "body": b""})
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A request refused with a JSON error, carrying its own answer (status, ``error``,
+    ``detail``): the refusals made before any session is looked at (a bad path, a head too
+    large, a bad ``Host``) are constants of this type."""
+
+    status: int
+    error: str
+    detail: str
+
+    async def send(self, send: Send, headers: Headers = (), *, head: bool = False) -> None:
+        await send_error(send, self.status, self.error, self.detail, headers, head=head)

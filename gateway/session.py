@@ -15,31 +15,16 @@ from gateway.authclient import BackendUnavailable
 from gateway.cookies import CookiePolicy
 from gateway.guest import GuestIssuer
 from gateway.refresh import Refresher
+from gateway.request import Request
 from gateway.settings import Settings
 from gateway.tokens import (
     CookieJar,
     FoundToken,
     MalformedToken,
     find_token,
-    request_cookies,
     token_schemes,
 )
-from gateway.types import Headers
 from gateway.validation import Identity, Validation, Validator
-
-
-@dataclass(slots=True)
-class RequestInfo:
-    """The audit stream's common fields for one request."""
-
-    request_id: str
-    client_ip: str
-    method: str
-    path: str
-
-    def fields(self) -> dict[str, str]:
-        return {"request_id": self.request_id, "client_ip": self.client_ip,
-                "method": self.method, "path": self.path}
 
 
 @dataclass(slots=True)
@@ -68,7 +53,7 @@ class Sessions:
     def issues_guests(self) -> bool:
         return self._guests.enabled
 
-    async def issue_guest(self, session: Session, info: RequestInfo) -> Session:
+    async def issue_guest(self, session: Session, info: Request) -> Session:
         """Give an anonymous request on a guest route a new guest session (kept: the cookies
         a cleared session must still clear). Raises :class:`GuestLimited` or
         :class:`BackendUnavailable`."""
@@ -83,12 +68,12 @@ class Sessions:
                        response_headers=[*session.response_headers,
                                          self._cookies.set("guest", guest.token)])
 
-    async def resolve(self, headers: Headers, info: RequestInfo) -> Session:
+    async def resolve(self, info: Request) -> Session:
         """Raises :class:`BackendUnavailable` when the backend gives no verdict."""
-        jar = request_cookies(headers)
+        jar = info.cookies()
         reason = "no_token"
         try:
-            found = find_token(headers, self._cookie_settings, jar, self._schemes)
+            found = find_token(info.headers, self._cookie_settings, jar, self._schemes)
         except MalformedToken:
             found, reason = None, "malformed_token"
         current: Session | None = None
@@ -111,7 +96,7 @@ class Sessions:
             return await self._guest_cookie(jar, session, info)
         return session
 
-    async def _guest_cookie(self, jar: CookieJar, session: Session, info: RequestInfo
+    async def _guest_cookie(self, jar: CookieJar, session: Session, info: Request
                             ) -> Session:
         """A dead user token shadows the guest cookie (3.1's order): once it is known to be
         dead, a valid guest cookie is still the visitor's, to be reused rather than replaced
@@ -125,10 +110,10 @@ class Sessions:
         return Session(identity=guest.identity, token=guest.token, token_fp=guest.token_fp,
                        reason="", response_headers=session.response_headers)
 
-    def fingerprint(self, headers: Headers) -> str | None:
+    def fingerprint(self, info: Request) -> str | None:
         """``token_fp`` of the request's token, for events raised before a session exists."""
         try:
-            found = find_token(headers, self._cookie_settings, request_cookies(headers),
+            found = find_token(info.headers, self._cookie_settings, info.cookies(),
                                self._schemes)
         except MalformedToken:
             return None
@@ -149,7 +134,7 @@ class Sessions:
         claims = found.claims()
         return claims is not None and claims.get("typ") == "guest"
 
-    async def _validate(self, found: FoundToken, info: RequestInfo) -> Session:
+    async def _validate(self, found: FoundToken, info: Request) -> Session:
         fp = found.fp
         if self._guests.local and self._is_guest(found):
             result = Validation(self._guests.validate_local(found.value), "miss", local=True)
@@ -182,7 +167,7 @@ class Sessions:
         except BackendUnavailable:
             return None
 
-    async def _refresh(self, credential: str, found: FoundToken | None, info: RequestInfo,
+    async def _refresh(self, credential: str, found: FoundToken | None, info: Request,
                        current: Session | None) -> Session:
         """Refresh with ``credential``; ``current`` is the still-valid session when this is a
         proactive refresh, whose failure then costs nothing: the old token is forwarded."""

@@ -12,14 +12,16 @@ import asyncio
 import contextlib
 
 import aiohttp
+from multidict import CIMultiDict
 
-from gateway.proxy import Upstream, header_strings
+from gateway.proxy import Upstream
+from gateway.request import Request
 from gateway.responses import send_error
 from gateway.types import Headers, Message, Receive, Scope, Send
 
 # Handshake headers aiohttp writes itself for the upstream leg.
-_HANDSHAKE = frozenset({b"sec-websocket-key", b"sec-websocket-version",
-                        b"sec-websocket-extensions", b"sec-websocket-protocol"})
+_HANDSHAKE = ("sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions",
+              "sec-websocket-protocol")
 
 
 def as_handshake_answer(send: Send, scope: Scope) -> Send:
@@ -57,18 +59,15 @@ class WebSocketRelay:
             await self._session.close()
             self._session = None
 
-    async def forward(self, scope: Scope, receive: Receive, send: Send, *, path: str,
-                      headers: Headers, extra_response_headers: Headers = ()) -> None:
+    async def forward(self, request: Request, receive: Receive, send: Send, *,
+                      headers: CIMultiDict[str], extra_response_headers: Headers = ()) -> None:
         assert self._session is not None, "WebSocketRelay.start() was not awaited"
-        url = self._upstream.url(path, scope.get("query_string", b""))
+        url = self._upstream.url(request.path, request.query)
         url = url.with_scheme("wss" if url.scheme == "https" else "ws")
-        try:
-            outgoing = header_strings([(k, v) for k, v in headers if k not in _HANDSHAKE])
-        except UnicodeDecodeError:
-            await send_error(send, 400, "invalid_header",
-                             "A request header holds bytes that are not UTF-8.",
-                             extra_response_headers)
-            return
+        outgoing = headers
+        for name in _HANDSHAKE:
+            outgoing.popall(name, None)
+        scope = request.scope
         try:
             upstream = await self._session.ws_connect(
                 url,

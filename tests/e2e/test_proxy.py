@@ -23,7 +23,8 @@ import psutil
 import pytest
 
 from gateway.app import create_app
-from gateway.proxy import TrustedProxies, Upstream, upstream_request_headers
+from gateway.proxy import Upstream, upstream_headers
+from gateway.request import Request, TrustedProxies
 from gateway.settings import UpstreamSettings, settings_from_mapping
 from tests.conftest import Backend, MakeGateway, RunningGateway
 from tests.servers import (
@@ -812,10 +813,11 @@ def _forwarding_app(upstream_url: str, added: list[tuple[bytes, bytes]]) -> Any:
                     await upstream.close()
                     await send({"type": "lifespan.shutdown.complete"})
                     return
-        headers = upstream_request_headers(scope, client_ip="127.0.0.1", request_id="r-1",
-                                           trusted=TrustedProxies(()))
-        await upstream.forward(scope, receive, send, path=scope["path"],
-                               headers=[*headers, *added])
+        request = Request(scope, TrustedProxies(()))
+        request.path = scope["path"]
+        headers = upstream_headers(request, own_cookies=None, token=None)
+        headers.extend((k.decode("latin-1"), v.decode("latin-1")) for k, v in added)
+        await upstream.forward(request, receive, send, headers=headers)
 
     return app
 
