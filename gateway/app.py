@@ -82,7 +82,10 @@ class Gateway:
                            lambda: float(self.validator.cache_size))
         self.metrics.gauge("gateway_state_healthy", "1 while the state store is reachable",
                            lambda: 1.0 if self.store.healthy else 0.0, mode="livemin")
-        self._serve_http = observed(self._dispatch_http, self.metrics, self.access_log)
+        # Without forward-auth every request is the proxy handler's: no dispatch step between
+        # (each coroutine level is paid again on every resumption of a request's task).
+        self._serve_http = observed(self.http if self.forward_auth is None
+                                    else self._dispatch_http, self.metrics, self.access_log)
         self._started = False
         self._start_lock = asyncio.Lock()
 

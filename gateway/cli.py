@@ -109,7 +109,8 @@ def _metrics_dir() -> Iterator[None]:
     """A fresh directory where every worker keeps its metric values, so that a scrape
     answered by any worker reports them all (docs/deployment.md#metrics); removed at exit.
     A directory the operator chose (``$PROMETHEUS_MULTIPROC_DIR`` already set) is theirs to
-    empty between runs, and is left alone."""
+    empty between runs, and is left alone. One worker needs none: its values stay in its
+    memory, where counting costs a fraction of a file-backed write (benchmarks/README.md)."""
     if os.environ.get(_MULTIPROC_ENV):
         yield
         return
@@ -149,8 +150,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         print(f"{_MULTIPROC_ENV}: {chosen} is not a writable directory (unset it, and "
               "gateway serve makes its own)", file=sys.stderr)
         return EXIT_BAD_CONFIG
-    with _metrics_dir():
-        return _serve(args)
+    return _serve(args)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -192,12 +192,14 @@ def _serve(args: argparse.Namespace) -> int:
         # keep-alive timeouts, no trailer merging (docs/limits.md).
         **uvicorn_options(settings.server),
     )
-    if not settings.server.admin_port:
-        uvicorn.run("gateway.asgi:app", **options)
-        return 0
-    # Readiness and metrics on their own listener (docs/limits.md).
-    return serve_with_admin(uvicorn.Config("gateway.asgi:app", **options),
-                            settings.server.admin_host, settings.server.admin_port)
+    shared = workers > 1 or bool(os.environ.get(_MULTIPROC_ENV))
+    with _metrics_dir() if shared else contextlib.nullcontext():
+        if not settings.server.admin_port:
+            uvicorn.run("gateway.asgi:app", **options)
+            return 0
+        # Readiness and metrics on their own listener (docs/limits.md).
+        return serve_with_admin(uvicorn.Config("gateway.asgi:app", **options),
+                                settings.server.admin_host, settings.server.admin_port)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

@@ -233,18 +233,17 @@ class HTTPHandler:
         self._limits = RequestLimits(settings.server)
         self._allow_encoded_slash = settings.server.allow_encoded_slash
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self._handle(scope, receive, send, self._upstream.forward)
-
     async def websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         """A WebSocket handshake is checked like a GET; refusals are its HTTP answer."""
         if (await receive())["type"] != "websocket.connect":
             return
-        await self._handle({**scope, "method": "GET"}, receive,
-                           as_handshake_answer(send, scope), self._websockets.forward)
+        await self({**scope, "method": "GET"}, receive, as_handshake_answer(send, scope),
+                   self._websockets.forward)
 
-    async def _handle(self, scope: Scope, receive: Receive, send: Send, forward: Forward
-                      ) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send,
+                       forward: Forward | None = None) -> None:
+        """One request, forwarded (when allowed) by ``forward``: the HTTP forwarder unless
+        this is a WebSocket handshake."""
         request = Request(scope, self._trusted)
         record = current_request()
         record.request_id = request.request_id
@@ -256,7 +255,8 @@ class HTTPHandler:
             added.extend(cors.response_headers(request.origin))
         reply = Reply(send, added, self._count, record, own_cors=cors is not None)
         try:
-            await self._serve(request, receive, reply, record, forward)
+            await self._serve(request, receive, reply, record,
+                              forward or self._upstream.forward)
         except Exception as exc:
             log_unexpected(exc, request.request_id)
             if reply.started:  # too late for an answer: the server cuts the response short
@@ -293,27 +293,21 @@ class HTTPHandler:
             route = self._router.match(request.method, request.path, decoded)
             record.access = cast(AccessLevel, route.access)
             outcome = await self.check(request, route)
-            if outcome.kind == "allow":
-                await self._forward(request, receive, send, forward, outcome.session)
-            else:
+            if outcome.kind != "allow":
                 await outcome.answer(send, head=head)
-
-    async def _forward(self, request: Request, receive: Receive, send: Send, forward: Forward,
-                       session: Session | None) -> None:
-        """Forward an allowed request with what the upstream may see of it and of its
-        session (none on a public route without credentials)."""
-        try:
-            headers = upstream_headers(
-                request, own_cookies=self._own_cookies,
-                token=session.token if session is not None else None,
-                identity=identity_headers(session, self._scheme) if session else ())
-        except InvalidHeader as exc:
-            await send_error(send, 400, "invalid_header", str(exc),
-                             session.response_headers if session else (),
-                             head=request.method == "HEAD")
-            return
-        await forward(request, receive, send, headers=headers,
-                      extra_response_headers=session.response_headers if session else ())
+                return
+            # What the upstream may see of the request and of its session (none on a public
+            # route without credentials), built now that it goes.
+            session, owed = outcome.session, outcome.response_headers
+            try:
+                headers = upstream_headers(
+                    request, own_cookies=self._own_cookies,
+                    token=session.token if session is not None else None,
+                    identity=identity_headers(session, self._scheme) if session else ())
+            except InvalidHeader as exc:
+                await send_error(send, 400, "invalid_header", str(exc), owed, head=head)
+                return
+            await forward(request, receive, send, headers=headers, extra_response_headers=owed)
 
     async def check(self, request: Request, route: Route) -> Outcome:
         """The gateway's decision on one request: refuse it cross-site (gateway/csrf.py),

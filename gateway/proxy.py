@@ -405,34 +405,17 @@ class Upstream:
                              [*own, (b"retry-after", b"1")], head=head)
             return
         try:
-            await self._forward_claimed(request, receive, send, headers=headers, own=own,
-                                        body=body, whole=whole, length=length, relay=relay,
-                                        auth_endpoint=auth_endpoint)
-        finally:
+            pooled = await self._acquire()
+        except BaseException:  # cancelled while waiting: the client went away
             self._per_client.release(client)
-
-    async def _forward_claimed(
-        self,
-        request: Request,
-        receive: Receive,
-        send: Send,
-        *,
-        headers: CIMultiDict[str],
-        own: list[tuple[bytes, bytes]],
-        body: _RequestBody,
-        whole: bytes | None,
-        length: int | None,
-        relay: ResponseRelay | None,
-        auth_endpoint: AuthEndpoint | None,
-    ) -> None:
-        assert self._session is not None and self._slots is not None, (
-            "Upstream.start() was not awaited")
-        head = request.method == "HEAD"
-        if not await self._acquire():
+            raise
+        if not pooled:
+            self._per_client.release(client)
             await send_error(send, 503, "upstream_busy",
                              "The upstream connection pool is exhausted; try again shortly.",
                              [*own, (b"retry-after", b"1")], head=head)
             return
+        assert self._session is not None and self._slots is not None
         if self._metrics is not None:
             self._metrics.upstream_in_use.inc()
         try:
@@ -480,6 +463,7 @@ class Upstream:
                 response.close()
         finally:
             self._slots.release()
+            self._per_client.release(client)
             if self._metrics is not None:
                 self._metrics.upstream_in_use.dec()
 
