@@ -26,6 +26,7 @@ from gateway.tokens import (
 )
 from gateway.types import Headers
 from gateway.validation import Identity, Validation, Validator
+from gateway.vocabulary import SessionReason
 
 
 @dataclass(slots=True)
@@ -48,7 +49,7 @@ class Session:
     token: str | None = None  # the valid token to forward as Authorization
     token_fp: str | None = None
     # Why there is no identity: no_token, malformed_token, invalid_token, session_expired.
-    reason: str = "no_token"
+    reason: SessionReason = "no_token"
     response_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     upstream_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
 
@@ -86,7 +87,7 @@ class Sessions:
     async def resolve(self, headers: Headers, info: RequestInfo) -> Session:
         """Raises :class:`BackendUnavailable` when the backend gives no verdict."""
         jar = request_cookies(headers)
-        reason = "no_token"
+        reason: SessionReason = "no_token"
         try:
             found = find_token(headers, self._cookie_settings, jar, self._schemes)
         except MalformedToken:
