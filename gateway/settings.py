@@ -487,6 +487,15 @@ def _range(
         problems.append(f"{name}: must be {bound}{extra}")
 
 
+def _networks(values: tuple[str, ...], name: str, problems: list[str], problem: str) -> None:
+    """Peers given as IPs or CIDR networks (a host address counts as its /32 or /128)."""
+    for index, peer in enumerate(values):
+        try:
+            ipaddress.ip_network(peer, strict=False)
+        except ValueError:
+            problems.append(f"{name}[{index}]: {problem}")
+
+
 def _token_name(value: str, name: str, problems: list[str]) -> None:
     """Cookie and header names: an RFC 7230 token."""
     allowed = set("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
@@ -522,11 +531,8 @@ def _check_server(s: Settings, problems: list[str]) -> None:
     _abs_path(prefix, "server.reserved_prefix", problems)
     if prefix == "/" or prefix.endswith("/"):
         problems.append("server.reserved_prefix: must not be / nor end with /")
-    for index, peer in enumerate(s.server.trusted_proxies):
-        try:
-            ipaddress.ip_network(peer, strict=False)
-        except ValueError:
-            problems.append(f"server.trusted_proxies[{index}]: not an IP address or network")
+    _networks(s.server.trusted_proxies, "server.trusted_proxies", problems,
+              "not an IP address or network")
     _range(s.server.max_head_bytes, "server.max_head_bytes", problems, low=1024)
     _range(s.server.max_headers, "server.max_headers", problems, low=1)
     _range(s.server.max_body_bytes, "server.max_body_bytes", problems, low=0)
@@ -660,11 +666,8 @@ def _check_csrf(s: Settings, problems: list[str]) -> None:
 
 
 def _check_forward_auth(s: Settings, problems: list[str]) -> None:
-    for index, peer in enumerate(s.forward_auth.trusted):
-        try:
-            ipaddress.ip_network(peer, strict=False)
-        except ValueError:
-            problems.append(f"forward_auth.trusted[{index}]: not an IP address or CIDR network")
+    _networks(s.forward_auth.trusted, "forward_auth.trusted", problems,
+              "not an IP address or CIDR network")
 
 
 def sentinel_address(text: str) -> tuple[str, int] | None:
