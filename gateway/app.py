@@ -53,7 +53,7 @@ class Gateway:
         self.refresher = Refresher(settings, self.auth_client, self.validator, self.store)
         self.cookies = CookiePolicy(settings.cookies)
         self.guests = GuestIssuer(settings, self.auth_client, self.store)
-        router = Router(settings.routes, settings.default_route)
+        router = Router.from_settings(settings.routes, settings.default_route)
         self.http = HTTPHandler(
             settings,
             upstream=self.upstream,

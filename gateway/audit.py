@@ -31,7 +31,16 @@ import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Literal
+
+# Every event the gateway writes, as docs/audit.md lists them (tests/test_audit_events.py keeps
+# the two equal): a misspelt name at an ``emit`` call is a type error, not a new event.
+AuditEvent = Literal[
+    "auth.validated", "auth.refreshed", "auth.refresh_failed", "auth.session_cleared",
+    "auth.guest_issued", "auth.denied", "auth.login", "auth.login_failed", "auth.logout",
+    "auth.backend_unavailable", "auth.csrf_refused",
+    "state.suspect", "state.degraded", "state.recovered",
+]
 
 COMMON_FIELDS = ("request_id", "client_ip", "method", "path")
 
@@ -176,7 +185,7 @@ class AuditLog:
             self._flusher.start()
             atexit.register(self.close)
 
-    def emit(self, event: str, **fields: Any) -> None:
+    def emit(self, event: AuditEvent, **fields: Any) -> None:
         """Write one event; ``fields`` are the common ones plus the event's own."""
         if self._on_event is not None:
             self._on_event(event, str(fields.get("outcome", "")))

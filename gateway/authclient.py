@@ -19,6 +19,7 @@ import aiohttp
 
 from gateway.metrics import AuthEndpoint, CallOutcome, Metrics, call_outcome
 from gateway.settings import Settings
+from gateway.vocabulary import SendStyle
 
 
 class BackendUnavailable(Exception):
@@ -125,7 +126,7 @@ class AuthClient:
         if self._metrics is not None:
             self._metrics.auth_call(endpoint, outcome, time.perf_counter() - started)
 
-    async def post_credential(self, path: str, credential: str, *, send: str, scheme: str,
+    async def post_credential(self, path: str, credential: str, *, send: SendStyle, scheme: str,
                               body_field: str, cookie: str, endpoint: AuthEndpoint = "other"
                               ) -> AuthReply:
         """POST a session credential the way ``send`` says (``auth.refresh.send`` and

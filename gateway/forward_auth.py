@@ -26,9 +26,10 @@ from gateway.handler import (
     identity_headers,
     log_unexpected,
 )
+from gateway.paths import EncodedSeparator, InvalidPath, read_path
 from gateway.request import Request, TrustedProxies
 from gateway.responses import send_empty, send_error
-from gateway.routes import EncodedSeparator, InvalidPath, Router, read_path
+from gateway.routes import Router
 from gateway.settings import Settings
 from gateway.types import Headers, Receive, Scope, Send
 

@@ -15,7 +15,7 @@ import re
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, cast
+from typing import Literal, Protocol
 
 from multidict import CIMultiDict
 
@@ -28,23 +28,13 @@ from gateway.endpoints import Endpoints
 from gateway.guest import GuestLimited
 from gateway.limits import RequestLimits
 from gateway.login import LoginCapture, Logout
-from gateway.metrics import AccessLevel
 from gateway.owncookies import OwnCookies
+from gateway.paths import EncodedSeparator, InvalidPath, read_path
 from gateway.proxy import InvalidHeader, Upstream, upstream_headers
+from gateway.redirects import is_browser_navigation, login_location, unauthenticated_answer
 from gateway.request import Request, TrustedProxies
 from gateway.responses import Refusal, send_empty, send_error, send_redirect
-from gateway.routes import (
-    Decision,
-    EncodedSeparator,
-    InvalidPath,
-    Route,
-    Router,
-    decide,
-    is_browser_navigation,
-    login_location,
-    read_path,
-    unauthenticated_answer,
-)
+from gateway.routes import Decision, Route, Router, decide
 from gateway.session import Session, Sessions
 from gateway.settings import Settings
 from gateway.tokens import has_token_header, token_schemes
@@ -291,7 +281,7 @@ class HTTPHandler:
             await self._login_or_logout(request, receive, send)
         else:
             route = self._router.match(request.method, request.path, decoded)
-            record.access = cast(AccessLevel, route.access)
+            record.access = route.access
             outcome = await self.check(request, route)
             if outcome.kind != "allow":
                 await outcome.answer(send, head=head)

@@ -24,10 +24,10 @@ from gateway.audit import AuditLog, token_fp
 from gateway.authclient import AuthClient, BackendUnavailable, dig
 from gateway.cookies import CookiePolicy
 from gateway.proxy import CHUNK, pump
+from gateway.redirects import is_browser_navigation
 from gateway.refresh import Refresher
 from gateway.request import Request
 from gateway.responses import send_empty, send_error, send_redirect
-from gateway.routes import is_browser_navigation
 from gateway.settings import Settings
 from gateway.tokens import (
     FoundToken,

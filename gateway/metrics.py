@@ -25,11 +25,14 @@ from prometheus_client import (
     multiprocess,
 )
 
+from gateway.vocabulary import RouteAccess
+
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
-# Where a request went: its route's access level; "gateway" for the gateway's own endpoints,
-# "none" for a request refused before any route was chosen (a bad path).
-AccessLevel = Literal["public", "guest", "user", "gateway", "none"]
+# Where a request went: its route's access level (RouteAccess, gateway/vocabulary.py);
+# "gateway" for the gateway's own endpoints, "none" for a request refused before any route was
+# chosen (a bad path).
+AccessLevel = Literal[RouteAccess, "gateway", "none"]
 # The auth backend's endpoints the gateway calls ("probe" is the readiness check).
 AuthEndpoint = Literal["validate", "refresh", "guest", "login", "logout", "probe", "other"]
 # How one HTTP try ended: by status class, or without an answer.

@@ -25,6 +25,7 @@ from gateway.tokens import (
     token_schemes,
 )
 from gateway.validation import Identity, Validation, Validator
+from gateway.vocabulary import SessionReason
 
 
 @dataclass(slots=True)
@@ -33,7 +34,7 @@ class Session:
     token: str | None = None  # the valid token to forward as Authorization
     token_fp: str | None = None
     # Why there is no identity: no_token, malformed_token, invalid_token, session_expired.
-    reason: str = "no_token"
+    reason: SessionReason = "no_token"
     response_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     upstream_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
 
@@ -71,7 +72,7 @@ class Sessions:
     async def resolve(self, info: Request) -> Session:
         """Raises :class:`BackendUnavailable` when the backend gives no verdict."""
         jar = info.cookies()
-        reason = "no_token"
+        reason: SessionReason = "no_token"
         try:
             found = find_token(info.headers, self._cookie_settings, jar, self._schemes)
         except MalformedToken:

@@ -20,17 +20,17 @@ import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 from urllib.parse import SplitResult, urlsplit
 
-from gateway.routes import InvalidGlob, Route, compile_glob
+from gateway.globs import InvalidGlob, compile_glob
+from gateway.vocabulary import RouteAccess, SendStyle, UnauthenticatedForm
 
-ACCESS_LEVELS = ("public", "guest", "user")
-UNAUTHENTICATED_FORMS = ("auto", "redirect", "401")
-SEND_STYLES = ("access_header", "refresh_body", "refresh_cookie")
-SAME_SITE = ("lax", "strict", "none")
-GUEST_MODES = ("backend", "local")
-STATE_BACKENDS = ("memory", "redis")
+# Words only the config speaks; the shared ones are in gateway/vocabulary.py. A field typed
+# with one of these accepts exactly its words (``_convert``).
+SameSite = Literal["lax", "strict", "none"]
+GuestMode = Literal["backend", "local"]
+StateBackend = Literal["memory", "redis"]
 _ALLOWED_HOST = re.compile(r"(\*\.)?[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*(:[0-9]{1,5})?"
                            r"|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
 
@@ -69,7 +69,7 @@ class ServerSettings:
     admin_port: int = 0
     admin_host: str = "127.0.0.1"
     # Paths holding %2F or %5C (also double-encoded): refused with 400 unless true; then
-    # routed as the stricter of their encoded and decoded readings (gateway/routes.py).
+    # routed as the stricter of their encoded and decoded readings (gateway/paths.py).
     allow_encoded_slash: bool = False
 
 
@@ -96,7 +96,7 @@ class ValidateSettings:
 @dataclass(frozen=True)
 class RefreshSettings:
     path: str = "/auth/refresh"
-    send: str = "access_header"
+    send: SendStyle = "access_header"
     body_field: str = "refresh"
     access_path: str = "data.accessToken"
     refresh_path: str = "data.refreshToken"
@@ -116,7 +116,7 @@ class LoginCaptureSettings:
 @dataclass(frozen=True)
 class LogoutSettings:
     path: str = ""
-    send: str = "refresh_body"
+    send: SendStyle = "refresh_body"
     body_field: str = "refresh"
     backend_path: str = ""
 
@@ -141,7 +141,7 @@ class AuthSettings:
 @dataclass(frozen=True)
 class GuestSettings:
     enabled: bool = False
-    mode: str = "backend"
+    mode: GuestMode = "backend"
     path: str = "/auth/guest"
     token_path: str = "data.accessToken"
     username: str = ""
@@ -163,7 +163,7 @@ class CookieSettings:
     domain: str = ""
     secure: bool = True
     http_only: bool = True
-    same_site: str = "lax"
+    same_site: SameSite = "lax"
     access_max_age_s: int = 604_800
     refresh_max_age_s: int = 604_800
     guest_max_age_s: int = 3600
@@ -180,17 +180,22 @@ class LoginRedirectSettings:
 
 @dataclass(frozen=True)
 class RouteSettings:
+    """One ``[[routes]]`` row as configured (the router builds its runtime ``Route`` from
+    it: gateway/routes.py). Loaded, ``methods`` are upper-case."""
+
     match: str = ""
-    access: str = "public"
+    access: RouteAccess = "public"
     methods: tuple[str, ...] = ()
     roles: tuple[str, ...] = ()
-    unauthenticated: str = "auto"
+    unauthenticated: UnauthenticatedForm = "auto"
 
 
 @dataclass(frozen=True)
 class DefaultRouteSettings:
-    access: str = "user"
-    unauthenticated: str = "auto"
+    """``[default_route]``: the row for paths no ``[[routes]]`` row matches."""
+
+    access: RouteAccess = "user"
+    unauthenticated: UnauthenticatedForm = "auto"
 
 
 @dataclass(frozen=True)
@@ -239,7 +244,7 @@ class ForwardAuthSettings:
 
 @dataclass(frozen=True)
 class StateSettings:
-    backend: str = "memory"
+    backend: StateBackend = "memory"
     redis_url: str = "redis://127.0.0.1:6379/0"
     key_env: str = "GATEWAY_STATE_KEY"
     password_env: str = ""  # environment variable holding the Redis password (AUTH)
@@ -259,10 +264,10 @@ class Settings:
     guest: GuestSettings = field(default_factory=GuestSettings)
     cookies: CookieSettings = field(default_factory=CookieSettings)
     login: LoginRedirectSettings = field(default_factory=LoginRedirectSettings)
-    routes: tuple[Route, ...] = ()
-    default_route: Route = field(
-        default_factory=lambda: Route(match="/**", access="user", methods=(), roles=(),
-                                      unauthenticated="auto")
+    routes: tuple[RouteSettings, ...] = ()
+    # [default_route] as a row that matches every path.
+    default_route: RouteSettings = field(
+        default_factory=lambda: RouteSettings(match="/**", access="user")
     )
     audit: AuditSettings = field(default_factory=AuditSettings)
     access_log: AccessLogSettings = field(default_factory=AccessLogSettings)
@@ -371,6 +376,14 @@ def _convert(hint: Any, value: object, name: str, problems: list[str]) -> object
         if isinstance(value, str):
             return value
         problems.append(f"{name}: must be a string")
+    elif origin is Literal:
+        choices = typing.get_args(hint)
+        if not isinstance(value, str):
+            problems.append(f"{name}: must be a string")
+        elif value in choices:
+            return value
+        else:
+            problems.append(f"{name}: must be one of {', '.join(choices)}")
     elif origin is tuple:
         if isinstance(value, list) and all(isinstance(v, str) for v in value):
             return tuple(value)
@@ -382,11 +395,11 @@ def _convert(hint: Any, value: object, name: str, problems: list[str]) -> object
     return _INVALID
 
 
-def _build_routes(raw: object, problems: list[str]) -> tuple[Route, ...]:
+def _build_routes(raw: object, problems: list[str]) -> tuple[RouteSettings, ...]:
     if not isinstance(raw, list):
         problems.append("routes: must be an array of tables ([[routes]])")
         return ()
-    routes: list[Route] = []
+    routes: list[RouteSettings] = []
     for index, item in enumerate(raw):
         prefix = f"routes[{index}]"
         spec = _build(RouteSettings, item, prefix, problems)
@@ -396,16 +409,16 @@ def _build_routes(raw: object, problems: list[str]) -> tuple[Route, ...]:
     return tuple(routes)
 
 
-def _build_default_route(raw: object, problems: list[str]) -> Route:
+def _build_default_route(raw: object, problems: list[str]) -> RouteSettings:
     spec = _build(DefaultRouteSettings, raw, "default_route", problems)
     route_spec = RouteSettings(match="/**", access=spec.access,
                                unauthenticated=spec.unauthenticated)
     return _route(route_spec, "default_route", problems)
 
 
-def _route(spec: RouteSettings, prefix: str, problems: list[str]) -> Route:
-    _one_of(spec.access, ACCESS_LEVELS, f"{prefix}.access", problems)
-    _one_of(spec.unauthenticated, UNAUTHENTICATED_FORMS, f"{prefix}.unauthenticated", problems)
+def _route(spec: RouteSettings, prefix: str, problems: list[str]) -> RouteSettings:
+    """The row checked (``access`` and ``unauthenticated`` were, by their types), with its
+    methods upper-cased."""
     if spec.match:
         try:
             compile_glob(spec.match)
@@ -417,8 +430,7 @@ def _route(spec: RouteSettings, prefix: str, problems: list[str]) -> Route:
             problems.append(f"{prefix}.methods: {method!r} is not an HTTP method")
     if spec.roles and spec.access != "user":
         problems.append(f'{prefix}.roles: only allowed with access = "user"')
-    return Route(match=spec.match, access=spec.access, methods=methods, roles=spec.roles,
-                 unauthenticated=spec.unauthenticated)
+    return dataclasses.replace(spec, methods=methods)
 
 
 # --------------------------------------------------------------------------- value checks
@@ -475,6 +487,15 @@ def _range(
         problems.append(f"{name}: must be {bound}{extra}")
 
 
+def _networks(values: tuple[str, ...], name: str, problems: list[str], problem: str) -> None:
+    """Peers given as IPs or CIDR networks (a host address counts as its /32 or /128)."""
+    for index, peer in enumerate(values):
+        try:
+            ipaddress.ip_network(peer, strict=False)
+        except ValueError:
+            problems.append(f"{name}[{index}]: {problem}")
+
+
 def _token_name(value: str, name: str, problems: list[str]) -> None:
     """Cookie and header names: an RFC 7230 token."""
     allowed = set("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
@@ -510,11 +531,8 @@ def _check_server(s: Settings, problems: list[str]) -> None:
     _abs_path(prefix, "server.reserved_prefix", problems)
     if prefix == "/" or prefix.endswith("/"):
         problems.append("server.reserved_prefix: must not be / nor end with /")
-    for index, peer in enumerate(s.server.trusted_proxies):
-        try:
-            ipaddress.ip_network(peer, strict=False)
-        except ValueError:
-            problems.append(f"server.trusted_proxies[{index}]: not an IP address or network")
+    _networks(s.server.trusted_proxies, "server.trusted_proxies", problems,
+              "not an IP address or network")
     _range(s.server.max_head_bytes, "server.max_head_bytes", problems, low=1024)
     _range(s.server.max_headers, "server.max_headers", problems, low=1)
     _range(s.server.max_body_bytes, "server.max_body_bytes", problems, low=0)
@@ -559,7 +577,6 @@ def _check_auth(s: Settings, problems: list[str]) -> None:
     _dotted(a.validate.roles_field, "auth.validate.roles_field", problems, allow_empty=False)
     r = a.refresh
     _abs_path(r.path, "auth.refresh.path", problems)
-    _one_of(r.send, SEND_STYLES, "auth.refresh.send", problems)
     if r.send == "refresh_body" and not r.body_field:
         problems.append("auth.refresh.body_field: required with send = \"refresh_body\"")
     _dotted(r.access_path, "auth.refresh.access_path", problems, allow_empty=False)
@@ -571,7 +588,6 @@ def _check_auth(s: Settings, problems: list[str]) -> None:
     _dotted(a.login.access_path, "auth.login.access_path", problems, allow_empty=False)
     _dotted(a.login.refresh_path, "auth.login.refresh_path", problems, allow_empty=True)
     _abs_path(a.logout.path, "auth.logout.path", problems, allow_empty=True)
-    _one_of(a.logout.send, SEND_STYLES, "auth.logout.send", problems)
     _abs_path(a.logout.backend_path, "auth.logout.backend_path", problems, allow_empty=True)
     if a.logout.path and a.logout.send == "refresh_body" and not a.logout.body_field:
         problems.append("auth.logout.body_field: required with send = \"refresh_body\"")
@@ -579,7 +595,6 @@ def _check_auth(s: Settings, problems: list[str]) -> None:
 
 def _check_guest(s: Settings, problems: list[str]) -> None:
     g = s.guest
-    _one_of(g.mode, GUEST_MODES, "guest.mode", problems)
     _abs_path(g.path, "guest.path", problems)
     _dotted(g.token_path, "guest.token_path", problems, allow_empty=False)
     _range(g.ttl_s, "guest.ttl_s", problems, low=0, low_inclusive=False)
@@ -601,7 +616,6 @@ def _check_cookies(s: Settings, problems: list[str]) -> None:
     _abs_path(c.path, "cookies.path", problems)
     if any(ch in c.domain for ch in ";, /\\"):
         problems.append("cookies.domain: must be a bare domain name")
-    _one_of(c.same_site, SAME_SITE, "cookies.same_site", problems)
     if c.same_site == "none" and not c.secure:
         problems.append('cookies.same_site: "none" requires cookies.secure = true')
     for key in ("access_max_age_s", "refresh_max_age_s", "guest_max_age_s"):
@@ -652,11 +666,8 @@ def _check_csrf(s: Settings, problems: list[str]) -> None:
 
 
 def _check_forward_auth(s: Settings, problems: list[str]) -> None:
-    for index, peer in enumerate(s.forward_auth.trusted):
-        try:
-            ipaddress.ip_network(peer, strict=False)
-        except ValueError:
-            problems.append(f"forward_auth.trusted[{index}]: not an IP address or CIDR network")
+    _networks(s.forward_auth.trusted, "forward_auth.trusted", problems,
+              "not an IP address or CIDR network")
 
 
 def sentinel_address(text: str) -> tuple[str, int] | None:
@@ -669,7 +680,6 @@ def sentinel_address(text: str) -> tuple[str, int] | None:
 
 
 def _check_state(s: Settings, problems: list[str]) -> None:
-    _one_of(s.state.backend, STATE_BACKENDS, "state.backend", problems)
     if s.state.backend == "redis":
         parts = _split(s.state.redis_url, "state.redis_url", problems)
         if parts is not None and parts.scheme not in ("redis", "rediss", "unix"):

@@ -1,4 +1,5 @@
-"""Property tests for the encoded-slash rule (gateway/routes.py, "Encoded separators").
+"""Property tests for the encoded-slash rule (gateway/paths.py, "Encoded separators", and
+the router's use of the decoded readings in gateway/routes.py).
 
 For any request path, the route the gateway decides must never be less strict than the route
 of the path as the backend will read it. The backend receives the gateway's normalized path;
@@ -32,16 +33,9 @@ from urllib.parse import quote, unquote, unquote_to_bytes
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from gateway.routes import (
-    Decision,
-    InvalidPath,
-    Route,
-    Router,
-    compile_glob,
-    decide,
-    normalize_path,
-    read_path,
-)
+from gateway.globs import compile_glob
+from gateway.paths import InvalidPath, normalize_path, read_path
+from gateway.routes import Decision, Route, Router, decide
 
 # -- the three backends' readings of a forwarded path ------------------------------------------
 

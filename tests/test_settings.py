@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from gateway.routes import Route
 from gateway.settings import (
     CorsSettings,
+    RouteSettings,
     Settings,
     SettingsError,
     load_settings,
@@ -148,8 +148,8 @@ def test_minimal_file_other_defaults(minimal_settings: Settings) -> None:
     assert s.auth_url == UPSTREAM  # auth.url "" = upstream.url
     assert s.routes == ()
     assert s.cors is None  # absent [cors] = no CORS handling
-    assert s.default_route == Route(match="/**", access="user", methods=(), roles=(),
-                                    unauthenticated="auto")
+    assert s.default_route == RouteSettings(match="/**", access="user", methods=(), roles=(),
+                                            unauthenticated="auto")
     assert s == settings_from_mapping({"upstream": {"url": UPSTREAM}})
 
 
@@ -203,8 +203,8 @@ def test_full_document_is_read() -> None:
     assert s.auth.login.strip_tokens is False
     assert s.guest.mode == "local"
     assert s.routes == (
-        Route("/api/public/**", "public", (), (), "auto"),
-        Route("/api/admin/**", "user", ("GET", "POST"), ("admin",), "401"),
+        RouteSettings("/api/public/**", "public", (), (), "auto"),
+        RouteSettings("/api/admin/**", "user", ("GET", "POST"), ("admin",), "401"),
     )
     assert s.default_route.access == "guest"
     assert s.default_route.unauthenticated == "redirect"
@@ -448,8 +448,8 @@ def test_roles_on_user_route_are_kept() -> None:
 
 def test_route_defaults() -> None:
     route = settings_from_mapping(minimal(routes=[{"match": "/x"}])).routes[0]
-    assert route == Route(match="/x", access="public", methods=(), roles=(),
-                          unauthenticated="auto")
+    assert route == RouteSettings(match="/x", access="public", methods=(), roles=(),
+                                  unauthenticated="auto")
 
 
 @pytest.mark.parametrize("method", ["", "GET POST", "GET/1", "ПОСТ"])
@@ -689,7 +689,7 @@ def test_example_documents_every_key_with_its_default() -> None:
         out: set[str] = set()
         for f in dataclasses.fields(obj):  # type: ignore[arg-type]
             value = getattr(obj, f.name)
-            if dataclasses.is_dataclass(value) and not isinstance(value, Route):
+            if dataclasses.is_dataclass(value) and not isinstance(value, RouteSettings):
                 out |= {f"{f.name}.{k}" for k in keys(value)}
             else:
                 out.add(f.name)
