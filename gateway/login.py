@@ -57,9 +57,9 @@ class LoginAttempt:
     the status the client got covers replies the rewrite never saw (a 502 from the gateway,
     a reply too large to read)."""
 
-    def __init__(self, capture: LoginCapture, info: Request) -> None:
+    def __init__(self, capture: LoginCapture, request: Request) -> None:
         self._capture = capture
-        self._info = info
+        self._info = request
         self._reported = False
 
     async def relay(self, response: aiohttp.ClientResponse, send: Send,
@@ -162,8 +162,8 @@ class LoginCapture:
         self.audit = audit
         self._validator = validator
 
-    def begin(self, info: Request) -> LoginAttempt:
-        return LoginAttempt(self, info)
+    def begin(self, request: Request) -> LoginAttempt:
+        return LoginAttempt(self, request)
 
     async def user_id(self, access: str) -> str | None:
         """Who logged in, as validation says (and cached for the next request); None when
@@ -192,29 +192,29 @@ class Logout:
         self._cookies = cookies
         self._audit = audit
 
-    async def handle(self, info: Request, send: Send) -> None:
-        jar = info.cookies()
+    async def handle(self, request: Request, send: Send) -> None:
+        jar = request.cookies()
         try:
-            found = find_token(info.headers, self._cookie_settings, jar, self._schemes)
+            found = find_token(request.headers, self._cookie_settings, jar, self._schemes)
         except MalformedToken:
             found = None
         access = found.value if found is not None and found.source != "guest_cookie" else None
         refresh = jar.get(self._cookie_settings.refresh) or None
-        revoked = await self._revoke(access, refresh, info)
+        revoked = await self._revoke(access, refresh, request)
         for token in (access, refresh):
             if token:
                 await self._validator.forget(token)
                 await self._refresher.forget(token)
-        self._audit.emit("auth.logout", **info.fields(), outcome="ok", revoked=revoked,
+        self._audit.emit("auth.logout", **request.fields(), outcome="ok", revoked=revoked,
                          token_fp=token_fp(access) if access else None)
         cleared = self._cookies.clear_all()
         # A logout form POST is a navigation too: judge it by its headers as a GET would be.
-        if is_browser_navigation("GET", info.headers):
+        if is_browser_navigation("GET", request.headers):
             await send_redirect(send, "/", cleared)
         else:
             await send_empty(send, 204, cleared)
 
-    async def _revoke(self, access: str | None, refresh: str | None, info: Request) -> str:
+    async def _revoke(self, access: str | None, refresh: str | None, request: Request) -> str:
         send = self._settings.send
         credential = access if send == "access_header" else refresh
         if not credential:
@@ -225,8 +225,8 @@ class Logout:
                 body_field=self._settings.body_field, cookie=self._cookie_settings.refresh,
                 endpoint="logout")
         except BackendUnavailable as exc:
-            self._audit.emit("auth.backend_unavailable", **info.fields(), outcome="revoke_failed",
-                             reason=exc.reason)
+            self._audit.emit("auth.backend_unavailable", **request.fields(),
+                             outcome="revoke_failed", reason=exc.reason)
             return "failed"
         return "ok" if reply.ok else f"status_{reply.status}"
 

@@ -54,13 +54,13 @@ class Sessions:
     def issues_guests(self) -> bool:
         return self._guests.enabled
 
-    async def issue_guest(self, session: Session, info: Request) -> Session:
+    async def issue_guest(self, session: Session, request: Request) -> Session:
         """Give an anonymous request on a guest route a new guest session (kept: the cookies
         a cleared session must still clear). Raises :class:`GuestLimited` or
         :class:`BackendUnavailable`."""
-        guest = await self._guests.issue(info.client_ip)
+        guest = await self._guests.issue(request.client_ip)
         fp = token_fp(guest.token)
-        self._audit.emit("auth.guest_issued", **info.fields(), outcome="issued",
+        self._audit.emit("auth.guest_issued", **request.fields(), outcome="issued",
                          user_id=guest.identity.user_id, token_fp=fp,
                          mode="local" if self._guests.local else "backend")
         return Session(identity=guest.identity,
@@ -69,35 +69,35 @@ class Sessions:
                        response_headers=[*session.response_headers,
                                          self._cookies.set("guest", guest.token)])
 
-    async def resolve(self, info: Request) -> Session:
+    async def resolve(self, request: Request) -> Session:
         """Raises :class:`BackendUnavailable` when the backend gives no verdict."""
-        jar = info.cookies()
+        jar = request.cookies()
         reason: SessionReason = "no_token"
         try:
-            found = find_token(info.headers, self._cookie_settings, jar, self._schemes)
+            found = find_token(request.headers, self._cookie_settings, jar, self._schemes)
         except MalformedToken:
             found, reason = None, "malformed_token"
         current: Session | None = None
         if found is not None:
-            current = await self._validate(found, info)
+            current = await self._validate(found, request)
             if self._is_guest(found):
                 return current  # guest tokens are reissued, never refreshed
             if current.identity is not None:
                 if self._refresher.due(found.value):
                     credential = self._credential(found, jar)
                     if credential:
-                        return await self._refresh(credential, found, info, current)
+                        return await self._refresh(credential, found, request, current)
                 return current
         credential = self._credential(found, jar)
         if credential is None:
             session = current or Session(reason=reason)
         else:
-            session = await self._refresh(credential, found, info, None)
+            session = await self._refresh(credential, found, request, None)
         if session.identity is None and found is not None and found.source != "guest_cookie":
-            return await self._guest_cookie(jar, session, info)
+            return await self._guest_cookie(jar, session, request)
         return session
 
-    async def _guest_cookie(self, jar: CookieJar, session: Session, info: Request
+    async def _guest_cookie(self, jar: CookieJar, session: Session, request: Request
                             ) -> Session:
         """A dead user token shadows the guest cookie (3.1's order): once it is known to be
         dead, a valid guest cookie is still the visitor's, to be reused rather than replaced
@@ -105,16 +105,16 @@ class Sessions:
         value = jar.get(self._cookie_settings.guest)
         if not value:
             return session
-        guest = await self._validate(FoundToken(value, "guest_cookie"), info)
+        guest = await self._validate(FoundToken(value, "guest_cookie"), request)
         if guest.identity is None:
             return session
         return Session(identity=guest.identity, token=guest.token, token_fp=guest.token_fp,
                        reason="", response_headers=session.response_headers)
 
-    def fingerprint(self, info: Request) -> str | None:
+    def fingerprint(self, request: Request) -> str | None:
         """``token_fp`` of the request's token, for events raised before a session exists."""
         try:
-            found = find_token(info.headers, self._cookie_settings, info.cookies(),
+            found = find_token(request.headers, self._cookie_settings, request.cookies(),
                                self._schemes)
         except MalformedToken:
             return None
@@ -135,7 +135,7 @@ class Sessions:
         claims = found.claims()
         return claims is not None and claims.get("typ") == "guest"
 
-    async def _validate(self, found: FoundToken, info: Request) -> Session:
+    async def _validate(self, found: FoundToken, request: Request) -> Session:
         fp = found.fp
         if self._guests.local and self._is_guest(found):
             result = Validation(self._guests.validate_local(found.value), "miss", local=True)
@@ -144,7 +144,7 @@ class Sessions:
         current_request().note_cache(result.cache)
         identity = result.identity
         self._audit.emit(
-            "auth.validated", **info.fields(),
+            "auth.validated", **request.fields(),
             outcome="valid" if identity else "invalid",
             cache=result.cache, token_fp=fp,
             user_id=identity.user_id if identity else None,
@@ -168,7 +168,7 @@ class Sessions:
         except BackendUnavailable:
             return None
 
-    async def _refresh(self, credential: str, found: FoundToken | None, info: Request,
+    async def _refresh(self, credential: str, found: FoundToken | None, request: Request,
                        current: Session | None) -> Session:
         """Refresh with ``credential``; ``current`` is the still-valid session when this is a
         proactive refresh, whose failure then costs nothing: the old token is forwarded."""
@@ -177,14 +177,14 @@ class Sessions:
         try:
             result = await self._refresher.refresh(credential)
         except BackendUnavailable as exc:
-            self._audit.emit("auth.refresh_failed", **info.fields(), outcome="unavailable",
+            self._audit.emit("auth.refresh_failed", **request.fields(), outcome="unavailable",
                              reason=exc.reason, token_fp=old_fp, proactive=proactive)
             if current is not None:
                 return current
             raise
         refreshed = result.refreshed
         if refreshed is None:
-            self._audit.emit("auth.refresh_failed", **info.fields(), outcome="rejected",
+            self._audit.emit("auth.refresh_failed", **request.fields(), outcome="rejected",
                              reason="rejected", status=result.status, token_fp=old_fp,
                              proactive=proactive)
             if current is not None:
@@ -192,7 +192,7 @@ class Sessions:
             # token_fp is the refresh credential's; access_token_fp (when it differs) lets a
             # reader find who this was from earlier events of that access token (docs/audit.md).
             access_fp = token_fp(found.value) if found is not None else None
-            self._audit.emit("auth.session_cleared", **info.fields(), outcome="cleared",
+            self._audit.emit("auth.session_cleared", **request.fields(), outcome="cleared",
                              reason="refresh_rejected", token_fp=old_fp,
                              access_token_fp=access_fp if access_fp != old_fp else None)
             return Session(token_fp=old_fp, reason="session_expired",
@@ -206,7 +206,7 @@ class Sessions:
         if found is not None and found.source == "header":
             response.append((b"x-refreshed-token", new_token))
         identity = refreshed.identity or await self._identify(refreshed.access, result.via)
-        self._audit.emit("auth.refreshed", **info.fields(), outcome="refreshed",
+        self._audit.emit("auth.refreshed", **request.fields(), outcome="refreshed",
                          via=result.via, proactive=proactive, token_fp=old_fp,
                          new_token_fp=new_fp, user_id=identity.user_id if identity else None,
                          rotated=refreshed.refresh is not None)
