@@ -185,6 +185,18 @@ class AuditLog:
             self._flusher.start()
             atexit.register(self.close)
 
+    @property
+    def writes_cache_hits(self) -> bool:
+        """``audit.log_cache_hits``: whether validations answered from the cache are written
+        (else only counted: :meth:`count`)."""
+        return self._log_cache_hits
+
+    def count(self, event: AuditEvent, outcome: str) -> None:
+        """Count an event in the metrics without writing it (a cache hit, by default): the
+        caller skips building the fields nobody reads."""
+        if self._on_event is not None:
+            self._on_event(event, outcome)
+
     def emit(self, event: AuditEvent, **fields: Any) -> None:
         """Write one event; ``fields`` are the common ones plus the event's own."""
         if self._on_event is not None:
