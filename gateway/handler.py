@@ -313,8 +313,7 @@ class HTTPHandler:
             refusal = self._cross_site(request)
             if refusal is not None:
                 return refusal
-        if (route.access == "public" and request.authorization is None
-                and not request.has_cookies):
+        if route.access == "public" and not request.has_credentials:
             return Outcome("allow")
         session: Session | None = None  # kept when guest issuance fails: it may clear cookies
         try:

@@ -32,7 +32,6 @@ from gateway.settings import Settings
 from gateway.tokens import (
     FoundToken,
     MalformedToken,
-    find_token,
     is_token,
     token_schemes,
 )
@@ -195,7 +194,7 @@ class Logout:
     async def handle(self, request: Request, send: Send) -> None:
         jar = request.cookies()
         try:
-            found = find_token(request.headers, self._cookie_settings, jar, self._schemes)
+            found = request.token(self._cookie_settings, self._schemes)
         except MalformedToken:
             found = None
         access = found.value if found is not None and found.source != "guest_cookie" else None

@@ -16,7 +16,8 @@ from collections.abc import Iterable
 from urllib.parse import quote
 
 from gateway.requestid import new_request_id
-from gateway.tokens import CookieJar, request_cookies
+from gateway.settings import CookieSettings
+from gateway.tokens import CookieJar, FoundToken, cookie_token, header_token, request_cookies
 from gateway.types import Headers, Scope
 
 # A client's own x-request-id is kept only if it is this sane (no spaces, no controls).
@@ -61,12 +62,12 @@ def _raw_path(scope: Scope) -> bytes:
 class Request:
     """What the gateway knows of one request. ``method`` and ``path`` are the request's own
     on the proxy path; forward-auth sets them to the original request's it is asked about.
-    ``path`` is the normalized path (``gateway/routes.py``), empty until it has been read."""
+    ``path`` is the normalized path (``gateway/paths.py``), empty until it has been read."""
 
     __slots__ = (
         "_cookie_headers",
         "_jar",
-        "authorization",
+        "authorizations",
         "chunked",
         "client_ip",
         "connection_listed",
@@ -94,7 +95,7 @@ class Request:
         self.query: bytes = scope.get("query_string", b"")
         self.path = ""
         request_id: bytes | None = None
-        authorization: bytes | None = None
+        authorizations: list[bytes] = []
         origin: bytes | None = None
         site: bytes | None = None
         forwarded_for: bytes | None = None
@@ -106,8 +107,7 @@ class Request:
             if name == b"cookie":
                 cookies.append(value)
             elif name == b"authorization":
-                if authorization is None:
-                    authorization = value
+                authorizations.append(value)
             elif name == b"content-length":
                 lengths.append(value)
             elif name == b"transfer-encoding":
@@ -135,7 +135,7 @@ class Request:
         self.client_ip = trusted.client_ip(self.peer, forwarded_for)
         # Headers the client's ``Connection`` names: hop-by-hop, never forwarded.
         self.connection_listed: frozenset[bytes] = frozenset(listed)
-        self.authorization = authorization
+        self.authorizations = authorizations
         self.origin = origin
         self.sec_fetch_site = site
         self.forwarded_for = forwarded_for
@@ -161,6 +161,21 @@ class Request:
     def declared_length(self) -> int | None:
         """The announced body length when it can be believed (see ``content_length``)."""
         return None if self.chunked or self.content_length < 0 else self.content_length
+
+    @property
+    def has_credentials(self) -> bool:
+        """Whether the request carries anything that may be a credential: an
+        ``Authorization`` header or cookies."""
+        return bool(self.authorizations or self._cookie_headers)
+
+    def token(self, cookies: CookieSettings, schemes: frozenset[str]) -> FoundToken | None:
+        """The request's token (docs/behaviour.md#tokens): a token scheme's ``Authorization``
+        header, else the access cookie, else the guest cookie. Raises
+        :class:`~gateway.tokens.MalformedToken`."""
+        found = header_token(self.authorizations, schemes)
+        if found is not None:
+            return found
+        return cookie_token(self.cookies(), cookies)
 
     @property
     def has_cookies(self) -> bool:

@@ -18,10 +18,8 @@ from gateway.refresh import Refresher
 from gateway.request import Request
 from gateway.settings import Settings
 from gateway.tokens import (
-    CookieJar,
     FoundToken,
     MalformedToken,
-    find_token,
     token_schemes,
 )
 from gateway.validation import Identity, Validation, Validator
@@ -71,10 +69,9 @@ class Sessions:
 
     async def resolve(self, request: Request) -> Session:
         """Raises :class:`BackendUnavailable` when the backend gives no verdict."""
-        jar = request.cookies()
         reason: SessionReason = "no_token"
         try:
-            found = find_token(request.headers, self._cookie_settings, jar, self._schemes)
+            found = request.token(self._cookie_settings, self._schemes)
         except MalformedToken:
             found, reason = None, "malformed_token"
         current: Session | None = None
@@ -84,25 +81,25 @@ class Sessions:
                 return current  # guest tokens are reissued, never refreshed
             if current.identity is not None:
                 if self._refresher.due(found.value):
-                    credential = self._credential(found, jar)
+                    credential = self._credential(found, request)
                     if credential:
                         return await self._refresh(credential, found, request, current)
                 return current
-        credential = self._credential(found, jar)
+        credential = self._credential(found, request)
         if credential is None:
             session = current or Session(reason=reason)
         else:
             session = await self._refresh(credential, found, request, None)
         if session.identity is None and found is not None and found.source != "guest_cookie":
-            return await self._guest_cookie(jar, session, request)
+            return await self._guest_cookie(session, request)
         return session
 
-    async def _guest_cookie(self, jar: CookieJar, session: Session, request: Request
+    async def _guest_cookie(self, session: Session, request: Request
                             ) -> Session:
         """A dead user token shadows the guest cookie (3.1's order): once it is known to be
         dead, a valid guest cookie is still the visitor's, to be reused rather than replaced
         on every request."""
-        value = jar.get(self._cookie_settings.guest)
+        value = request.cookies().get(self._cookie_settings.guest)
         if not value:
             return session
         guest = await self._validate(FoundToken(value, "guest_cookie"), request)
@@ -114,15 +111,14 @@ class Sessions:
     def fingerprint(self, request: Request) -> str | None:
         """``token_fp`` of the request's token, for events raised before a session exists."""
         try:
-            found = find_token(request.headers, self._cookie_settings, request.cookies(),
-                               self._schemes)
+            found = request.token(self._cookie_settings, self._schemes)
         except MalformedToken:
             return None
         return token_fp(found.value) if found is not None else None
 
-    def _credential(self, found: FoundToken | None, jar: CookieJar) -> str | None:
+    def _credential(self, found: FoundToken | None, request: Request) -> str | None:
         if self._refresher.uses_refresh_token:
-            return jar.get(self._cookie_settings.refresh) or None
+            return request.cookies().get(self._cookie_settings.refresh) or None
         return found.value if found is not None and not self._is_guest(found) else None
 
     def _is_guest(self, found: FoundToken) -> bool:

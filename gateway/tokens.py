@@ -9,7 +9,7 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeGuard
 
@@ -146,30 +146,42 @@ def find_token(
     schemes: frozenset[str] = _BEARER_ONLY,
 ) -> FoundToken | None:
     """Authorization with a token scheme (``schemes``: :func:`token_schemes`), then the
-    access cookie, then the guest cookie.
+    access cookie, then the guest cookie: :func:`header_token`, then :func:`cookie_token`
+    (``jar``: the request's parsed cookies, if the caller has them already)."""
+    found = header_token((v for n, v in headers if n == b"authorization"), schemes)
+    if found is not None:
+        return found
+    return cookie_token(jar if jar is not None else request_cookies(headers), cookies)
+
+
+def header_token(authorizations: Iterable[bytes], schemes: frozenset[str] = _BEARER_ONLY
+                 ) -> FoundToken | None:
+    """The token of the first ``Authorization`` header with a token scheme.
 
     Another scheme (``Basic``, ``Digest``, ``Negotiate``...) is not a token and not a
     credential of the gateway's: it is skipped, never sent to the validate endpoint (a
-    browser also attaches cached Basic credentials to cross-site requests). ``jar`` is the
-    request's parsed cookies, if the caller has them already. Raises :class:`MalformedToken`
-    when the credential found first is not a token, and when the access or guest cookie is
-    sent twice with different values."""
-    for name, value in headers:
-        if name == b"authorization":
-            try:
-                text = value.decode("ascii")
-            except UnicodeDecodeError:
-                raise MalformedToken("authorization header is not ASCII") from None
-            scheme, _, token = text.strip().partition(" ")
-            if not scheme:
-                raise MalformedToken("authorization header needs '<scheme> <token>'")
-            if scheme.lower() not in schemes:
-                continue
-            if not token.strip():
-                raise MalformedToken("authorization header needs '<scheme> <token>'")
-            return FoundToken(_check(token.strip()), "header")
-    if jar is None:
-        jar = request_cookies(headers)
+    browser also attaches cached Basic credentials to cross-site requests). Raises
+    :class:`MalformedToken` when such a header holds no usable token."""
+    for value in authorizations:
+        try:
+            text = value.decode("ascii")
+        except UnicodeDecodeError:
+            raise MalformedToken("authorization header is not ASCII") from None
+        scheme, _, token = text.strip().partition(" ")
+        if not scheme:
+            raise MalformedToken("authorization header needs '<scheme> <token>'")
+        if scheme.lower() not in schemes:
+            continue
+        if not token.strip():
+            raise MalformedToken("authorization header needs '<scheme> <token>'")
+        return FoundToken(_check(token.strip()), "header")
+    return None
+
+
+def cookie_token(jar: Mapping[str, str], cookies: CookieSettings) -> FoundToken | None:
+    """The access cookie (with the refresh cookie beside it), else the guest cookie. Raises
+    :class:`MalformedToken` when the one found is not a token, and when the access or guest
+    cookie is sent twice with different values (:class:`CookieJar`)."""
     conflicts: frozenset[str] = getattr(jar, "conflicts", frozenset())
     if cookies.access in conflicts or cookies.guest in conflicts:
         raise MalformedToken("session cookie sent twice with different values")
