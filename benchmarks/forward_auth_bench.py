@@ -2,8 +2,9 @@
 
     .venv/bin/python benchmarks/forward_auth_bench.py [--duration 10] [--concurrency 32]
 
-Two setups in front of the same upstream (the pure-ASGI app of ``proxy_bench.py``: ``/auth/me``
-for one known token, a ~200-byte JSON body elsewhere), each its own set of processes:
+Two setups in front of the same upstream (the pure-ASGI app of ``bench_servers.py``, as in
+``proxy_bench.py``: ``/auth/me`` for one known token, a ~200-byte JSON body elsewhere), each its
+own set of processes:
 
 * direct: nginx ``auth_request`` to the upstream's ``/auth/me`` on every request (what people
   run without the gateway: no cache, no refresh, no guests);
@@ -24,23 +25,16 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 import textwrap
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import psutil
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
+# bench_servers puts the repository root on sys.path, for `tests` below.
+from bench_servers import TOKEN, free_port, gateway_config, gateway_server, running, upstream_server
 
-from proxy_bench import TOKEN, UPSTREAM  # noqa: E402
-
-from tests.helpers.forward_auth import EXAMPLE_APP, EXAMPLE_PROXY, ProxyProcess, nginx  # noqa: E402
-from tests.servers import ServerProcess, free_port  # noqa: E402
+from tests.helpers.forward_auth import EXAMPLE_APP, EXAMPLE_PROXY, nginx
 
 # nginx auth_request straight to the backend's /auth/me: the baseline.
 DIRECT_SITE = textwrap.dedent(f"""
@@ -104,17 +98,6 @@ def run(name: str, url: str, groups: dict[str, list[psutil.Process]], concurrenc
     return name, rps, cpu_us
 
 
-@contextmanager
-def _running(*servers: ServerProcess | ProxyProcess) -> Iterator[None]:
-    try:
-        for server in servers:
-            server.start()
-        yield
-    finally:
-        for server in reversed(servers):
-            server.stop()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--duration", type=float, default=10.0)
@@ -124,26 +107,15 @@ def main() -> None:
     if not shutil.which("wrk") or not (shutil.which("nginx") or Path("/usr/sbin/nginx").exists()):
         raise SystemExit("needs Debian's wrk and nginx: apt-get install wrk nginx")
     tmp = Path(tempfile.mkdtemp(prefix="forward-auth-bench-"))
-    (tmp / "bench_upstream.py").write_text(UPSTREAM)
     up_port, gw_port = free_port(), free_port()
-    config = tmp / "gateway.toml"
-    config.write_text(textwrap.dedent(f"""
-        [upstream]
-        url = "http://127.0.0.1:{up_port}"
-        [audit]
-        sink = "{tmp / 'audit.jsonl'}"
+    config = gateway_config(tmp, up_port, """
         [forward_auth]
         enabled = true
         [default_route]
         access = "user"
-    """))
-    upstream = ServerProcess(
-        [sys.executable, "-m", "uvicorn", "bench_upstream:app", "--port", str(up_port),
-         "--log-level", "warning", "--no-access-log"], up_port,
-        env={"PYTHONPATH": str(tmp)}, ready_path="/x")
-    gateway = ServerProcess(
-        [sys.executable, "-m", "gateway", "serve", "--config", str(config), "--port",
-         str(gw_port)], gw_port)
+    """)
+    upstream = upstream_server(tmp, up_port)
+    gateway = gateway_server(config, gw_port)
     app_url = f"http://127.0.0.1:{up_port}"
     gateway_url = f"http://127.0.0.1:{gw_port}"
     for name in ("direct", "forward", "uncached"):
@@ -155,7 +127,7 @@ def main() -> None:
     uncached = nginx(tmp / "uncached", gateway_url=gateway_url, app_url=app_url,
                      workers=args.nginx_workers, cache=False)
     rows = []
-    with _running(upstream, gateway, direct, forward, uncached):
+    with running(upstream, gateway, direct, forward, uncached):
         assert upstream.proc is not None and gateway.proc is not None
         assert direct.proc is not None and forward.proc is not None
         up = _processes(upstream.proc.pid)

@@ -18,41 +18,12 @@ import re
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
-import textwrap
 import time
 from pathlib import Path
 
 import httpx
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from tests.servers import ServerProcess, free_port  # noqa: E402
-
-TOKEN = "bench-token-0123456789abcdef"
-UPSTREAM = textwrap.dedent(f'''
-    import json
-    BODY = json.dumps({{"items": [{{"id": i, "name": "item-%d" % i}} for i in range(6)]}}).encode()
-    ME = json.dumps({{"success": True, "data": {{"id": 1, "roles": ["user"]}}}}).encode()
-
-    async def app(scope, receive, send):
-        if scope["type"] != "http":
-            return
-        if scope["path"] == "/auth/me":
-            auth = dict(scope["headers"]).get(b"authorization", b"")
-            ok = auth == b"Bearer {TOKEN}"
-            await send({{"type": "http.response.start", "status": 200 if ok else 401,
-                        "headers": [(b"content-type", b"application/json"),
-                                    (b"content-length", str(len(ME) if ok else 2).encode())]}})
-            await send({{"type": "http.response.body", "body": ME if ok else b"{{}}"}})
-            return
-        await send({{"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(BODY)).encode())]}})
-        await send({{"type": "http.response.body", "body": BODY}})
-''')
+from bench_servers import TOKEN, free_port, gateway_config, gateway_server, upstream_server
 
 
 def _wrk(url: str, concurrency: int, duration: float, headers: list[str]
@@ -103,30 +74,18 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=8.0)
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp())
-    (tmp / "bench_upstream.py").write_text(UPSTREAM)
     up_port, gw_port = free_port(), free_port()
-    config = tmp / "gateway.toml"
-    config.write_text(textwrap.dedent(f"""
-        [upstream]
-        url = "http://127.0.0.1:{up_port}"
-        [audit]
-        sink = "{tmp / 'audit.jsonl'}"
+    config = gateway_config(tmp, up_port, """
         [[routes]]
         match = "/public/**"
         access = "public"
         [default_route]
         access = "user"
-    """))
-    env = {"PYTHONPATH": str(tmp)}
-    upstream = ServerProcess(
-        [sys.executable, "-m", "uvicorn", "bench_upstream:app", "--port", str(up_port),
-         "--log-level", "warning", "--no-access-log"], up_port, env=env, ready_path="/x")
-    gateway = ServerProcess(
-        [sys.executable, "-m", "gateway", "serve", "--config", str(config), "--port",
-         str(gw_port)], gw_port)
+    """)
+    upstream = upstream_server(tmp, up_port)
+    gateway = gateway_server(config, gw_port)
     upstream.start()
     gateway.start()
-    os.environ.pop("PYTHONPATH", None)
     try:
         rows = []
         auth = [f"Authorization: Bearer {TOKEN}"]
