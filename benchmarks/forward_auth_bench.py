@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/forward_auth_bench.py [--duration 10] [--concurrency 32]
 
-Two setups in front of the same upstream (the pure-ASGI app of ``bench_servers.py``, as in
+Two setups in front of the same upstream (the pure-ASGI app of ``bench_harness.py``, as in
 ``proxy_bench.py``: ``/auth/me`` for one known token, a ~200-byte JSON body elsewhere), each its
 own set of processes:
 
@@ -22,17 +22,23 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shutil
-import subprocess
 import tempfile
 import textwrap
 from pathlib import Path
 
 import psutil
 
-# bench_servers puts the repository root on sys.path, for `tests` below.
-from bench_servers import TOKEN, free_port, gateway_config, gateway_server, running, upstream_server
+# bench_harness puts the repository root on sys.path, for `tests` below.
+from bench_harness import (
+    TOKEN,
+    free_port,
+    gateway_config,
+    gateway_server,
+    running,
+    upstream_server,
+    wrk,
+)
 
 from tests.helpers.forward_auth import EXAMPLE_APP, EXAMPLE_PROXY, nginx
 
@@ -77,15 +83,10 @@ def _cpu_seconds(processes: list[psutil.Process]) -> float:
 
 
 def _wrk(url: str, concurrency: int, duration: float) -> tuple[float, int]:
-    args = ["wrk", "-t", "2", "-c", str(concurrency), "-d", f"{duration:g}s",
-            "-H", f"Authorization: Bearer {TOKEN}", url]
-    out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
-    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    if bad:
-        raise SystemExit(f"{url}: {bad.group(1)} failed requests:\n{out}")
-    return rps, total
+    done = wrk(url, concurrency, duration, threads=2, headers=[f"Authorization: Bearer {TOKEN}"])
+    if done.non2xx:
+        raise SystemExit(f"{url}: {done.non2xx} failed requests:\n{done.output}")
+    return done.rps, done.requests
 
 
 def run(name: str, url: str, groups: dict[str, list[psutil.Process]], concurrency: int,

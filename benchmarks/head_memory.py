@@ -22,7 +22,7 @@ from pathlib import Path
 
 import httpx
 import psutil
-from bench_servers import demo_backend_server, free_port, gateway_config, gateway_server, running
+from bench_harness import demo_backend_server, free_port, gateway_config, gateway_server, running
 
 MB = 1_000_000
 MiB = 1024 * 1024

@@ -14,34 +14,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import re
 import shutil
 import statistics
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 import httpx
-from bench_servers import TOKEN, free_port, gateway_config, gateway_server, upstream_server
-
-
-def _wrk(url: str, concurrency: int, duration: float, headers: list[str]
-         ) -> tuple[float, float, float]:
-    args = ["wrk", "-t", "1" if concurrency == 1 else "2", "-c", str(concurrency),
-            "-d", f"{duration:g}s", "--latency"]
-    for header in headers:
-        args += ["-H", header]
-    out = subprocess.run([*args, url], capture_output=True, text=True, check=True).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-
-    def pct(label: str) -> float:
-        match = re.search(rf"\s{label}%\s+([\d.]+)(us|ms|s)", out)
-        assert match, out
-        value, unit = float(match.group(1)), match.group(2)
-        return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
-
-    return rps, pct("50"), pct("99")
+from bench_harness import TOKEN, free_port, gateway_config, gateway_server, upstream_server, wrk
 
 
 async def _python_load(url: str, concurrency: int, duration: float, headers: list[str]
@@ -65,7 +45,8 @@ async def _python_load(url: str, concurrency: int, duration: float, headers: lis
 def measure(url: str, concurrency: int, duration: float, headers: list[str]
             ) -> tuple[float, float, float]:
     if shutil.which("wrk"):
-        return _wrk(url, concurrency, duration, headers)
+        run = wrk(url, concurrency, duration, headers=headers)
+        return run.rps, run.p50_ms, run.p99_ms
     return asyncio.run(_python_load(url, concurrency, duration, headers))
 
 

@@ -1,18 +1,23 @@
-"""The processes the smaller benchmark scripts start, each on a free loopback port.
+"""The processes and the load the smaller benchmark scripts share.
 
 ``proxy_bench.py``, ``forward_auth_bench.py``, ``proxy_memory.py`` and ``head_memory.py`` each
 run a gateway (``python -m gateway serve``) in front of an upstream, both as subprocesses: the
 reference backend (``gateway.demo``) or the small pure-ASGI upstream below. They are started
 and stopped by ``tests/servers.py``'s ``ServerProcess`` (ready when a path answers; output kept
-in a file; stopped by pid), the same class the test suite and ``suite.py`` use.
+in a file; stopped by pid), the same class the test suite and ``suite.py`` use. ``wrk()`` runs
+Debian's ``wrk`` once and reads its numbers (``suite.py`` keeps its own, with Lua scripts and
+CPU accounting).
 """
 
 from __future__ import annotations
 
+import re
+import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -22,8 +27,8 @@ if str(ROOT) not in sys.path:
 
 from tests.servers import ServerProcess, free_port  # noqa: E402
 
-__all__ = ["ROOT", "TOKEN", "UPSTREAM", "demo_backend_server", "free_port", "gateway_config",
-           "gateway_server", "running", "upstream_server"]
+__all__ = ["ROOT", "TOKEN", "UPSTREAM", "WrkRun", "demo_backend_server", "free_port",
+           "gateway_config", "gateway_server", "running", "upstream_server", "wrk"]
 
 # The one token the small upstream's /auth/me accepts.
 TOKEN = "bench-token-0123456789abcdef"
@@ -119,3 +124,47 @@ def running(*servers: _Server) -> Iterator[None]:
     finally:
         for server in reversed(started):
             server.stop()
+
+
+_MS_PER = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+@dataclass(frozen=True)
+class WrkRun:
+    """What one wrk run printed."""
+
+    requests: int
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    non2xx: int  # "Non-2xx or 3xx responses"
+    output: str
+
+
+def wrk(url: str, concurrency: int, duration: float, *, threads: int | None = None,
+        headers: Sequence[str] = ()) -> WrkRun:
+    """Run ``wrk --latency`` against ``url`` (one thread at concurrency 1, else two, unless
+    ``threads`` says), each ``headers`` entry (``"Name: value"``) on every request."""
+    threads = threads or (1 if concurrency == 1 else 2)
+    args = ["wrk", "-t", str(threads), "-c", str(concurrency), "-d", f"{duration:g}s", "--latency"]
+    for header in headers:
+        args += ["-H", header]
+    out = subprocess.run([*args, url], capture_output=True, text=True, check=True).stdout
+
+    def number(pattern: str) -> str:
+        match = re.search(pattern, out)
+        if match is None:
+            raise SystemExit(f"{url}: no {pattern!r} in wrk's output:\n{out}")
+        return match.group(1)
+
+    def percentile(label: str) -> float:
+        match = re.search(rf"\s{label}%\s+([\d.]+)(us|ms|s)\b", out)
+        if match is None:
+            raise SystemExit(f"{url}: no {label}% latency in wrk's output:\n{out}")
+        return float(match.group(1)) * _MS_PER[match.group(2)]
+
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return WrkRun(requests=int(number(r"(\d+) requests in")),
+                  rps=float(number(r"Requests/sec:\s+([\d.]+)")),
+                  p50_ms=percentile("50"), p99_ms=percentile("99"),
+                  non2xx=int(non2xx.group(1)) if non2xx else 0, output=out)
