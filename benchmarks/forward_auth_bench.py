@@ -2,8 +2,9 @@
 
     .venv/bin/python benchmarks/forward_auth_bench.py [--duration 10] [--concurrency 32]
 
-Two setups in front of the same upstream (the pure-ASGI app of ``proxy_bench.py``: ``/auth/me``
-for one known token, a ~200-byte JSON body elsewhere), each its own set of processes:
+Two setups in front of the same upstream (the pure-ASGI app of ``bench_harness.py``, as in
+``proxy_bench.py``: ``/auth/me`` for one known token, a ~200-byte JSON body elsewhere), each its
+own set of processes:
 
 * direct: nginx ``auth_request`` to the upstream's ``/auth/me`` on every request (what people
   run without the gateway: no cache, no refresh, no guests);
@@ -21,26 +22,25 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shutil
-import subprocess
-import sys
 import tempfile
 import textwrap
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import psutil
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
+# bench_harness puts the repository root on sys.path, for `tests` below.
+from bench_harness import (
+    TOKEN,
+    free_port,
+    gateway_config,
+    gateway_server,
+    running,
+    upstream_server,
+    wrk,
+)
 
-from proxy_bench import TOKEN, UPSTREAM  # noqa: E402
-
-from tests.helpers.forward_auth import EXAMPLE_APP, EXAMPLE_PROXY, ProxyProcess, nginx  # noqa: E402
-from tests.servers import ServerProcess, free_port  # noqa: E402
+from tests.helpers.forward_auth import EXAMPLE_APP, EXAMPLE_PROXY, nginx
 
 # nginx auth_request straight to the backend's /auth/me: the baseline.
 DIRECT_SITE = textwrap.dedent(f"""
@@ -83,15 +83,10 @@ def _cpu_seconds(processes: list[psutil.Process]) -> float:
 
 
 def _wrk(url: str, concurrency: int, duration: float) -> tuple[float, int]:
-    args = ["wrk", "-t", "2", "-c", str(concurrency), "-d", f"{duration:g}s",
-            "-H", f"Authorization: Bearer {TOKEN}", url]
-    out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
-    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    if bad:
-        raise SystemExit(f"{url}: {bad.group(1)} failed requests:\n{out}")
-    return rps, total
+    done = wrk(url, concurrency, duration, threads=2, headers=[f"Authorization: Bearer {TOKEN}"])
+    if done.non2xx:
+        raise SystemExit(f"{url}: {done.non2xx} failed requests:\n{done.output}")
+    return done.rps, done.requests
 
 
 def run(name: str, url: str, groups: dict[str, list[psutil.Process]], concurrency: int,
@@ -104,17 +99,6 @@ def run(name: str, url: str, groups: dict[str, list[psutil.Process]], concurrenc
     return name, rps, cpu_us
 
 
-@contextmanager
-def _running(*servers: ServerProcess | ProxyProcess) -> Iterator[None]:
-    try:
-        for server in servers:
-            server.start()
-        yield
-    finally:
-        for server in reversed(servers):
-            server.stop()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--duration", type=float, default=10.0)
@@ -124,26 +108,15 @@ def main() -> None:
     if not shutil.which("wrk") or not (shutil.which("nginx") or Path("/usr/sbin/nginx").exists()):
         raise SystemExit("needs Debian's wrk and nginx: apt-get install wrk nginx")
     tmp = Path(tempfile.mkdtemp(prefix="forward-auth-bench-"))
-    (tmp / "bench_upstream.py").write_text(UPSTREAM)
     up_port, gw_port = free_port(), free_port()
-    config = tmp / "gateway.toml"
-    config.write_text(textwrap.dedent(f"""
-        [upstream]
-        url = "http://127.0.0.1:{up_port}"
-        [audit]
-        sink = "{tmp / 'audit.jsonl'}"
+    config = gateway_config(tmp, up_port, """
         [forward_auth]
         enabled = true
         [default_route]
         access = "user"
-    """))
-    upstream = ServerProcess(
-        [sys.executable, "-m", "uvicorn", "bench_upstream:app", "--port", str(up_port),
-         "--log-level", "warning", "--no-access-log"], up_port,
-        env={"PYTHONPATH": str(tmp)}, ready_path="/x")
-    gateway = ServerProcess(
-        [sys.executable, "-m", "gateway", "serve", "--config", str(config), "--port",
-         str(gw_port)], gw_port)
+    """)
+    upstream = upstream_server(tmp, up_port)
+    gateway = gateway_server(config, gw_port)
     app_url = f"http://127.0.0.1:{up_port}"
     gateway_url = f"http://127.0.0.1:{gw_port}"
     for name in ("direct", "forward", "uncached"):
@@ -155,7 +128,7 @@ def main() -> None:
     uncached = nginx(tmp / "uncached", gateway_url=gateway_url, app_url=app_url,
                      workers=args.nginx_workers, cache=False)
     rows = []
-    with _running(upstream, gateway, direct, forward, uncached):
+    with running(upstream, gateway, direct, forward, uncached):
         assert upstream.proc is not None and gateway.proc is not None
         assert direct.proc is not None and forward.proc is not None
         up = _processes(upstream.proc.pid)

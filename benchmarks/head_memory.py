@@ -15,11 +15,6 @@ limit (``server.max_head_bytes``, 64 KiB) the peak stays within a few MB of the 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import socket
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -27,51 +22,12 @@ from pathlib import Path
 
 import httpx
 import psutil
+from bench_harness import demo_backend_server, free_port, gateway_config, gateway_server, running
 
 MB = 1_000_000
 MiB = 1024 * 1024
 CLIENTS = 8
 HEADER_MiB = 16
-
-BACKEND = """
-import sys
-import uvicorn
-uvicorn.run("gateway.demo:create_backend", factory=True, host="127.0.0.1",
-            port=int(sys.argv[1]), log_level="warning", access_log=False)
-"""
-
-GATEWAY_TOML = """
-[server]
-port = {port}
-
-[upstream]
-url = "http://127.0.0.1:{backend_port}"
-
-[[routes]]
-match = "/**"
-access = "public"
-
-[audit]
-sink = "{audit}"
-"""
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _wait_ready(url: str) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(url, timeout=1).status_code < 500:
-                return
-        time.sleep(0.1)
-    raise SystemExit(f"{url} did not become ready")
-
 
 async def _client(port: int) -> str:
     """Send the huge head; what came back: a status line, or how the connection ended."""
@@ -96,19 +52,17 @@ async def _client(port: int) -> str:
 
 
 def main() -> int:
-    backend_port, port = _free_port(), _free_port()
+    backend_port, port = free_port(), free_port()
     with tempfile.TemporaryDirectory() as tmp:
-        config = Path(tmp) / "gateway.toml"
-        config.write_text(GATEWAY_TOML.format(port=port, backend_port=backend_port,
-                                              audit=Path(tmp) / "audit.jsonl"))
-        env = dict(os.environ)
-        backend = subprocess.Popen([sys.executable, "-c", BACKEND, str(backend_port)], env=env)
-        gateway = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--config",
-                                    str(config)], env=env, stdout=subprocess.DEVNULL)
-        try:
-            _wait_ready(f"http://127.0.0.1:{backend_port}/api/public/hello")
-            _wait_ready(f"http://127.0.0.1:{port}/__gateway/health")
-            process = psutil.Process(gateway.pid)
+        config = gateway_config(Path(tmp), backend_port, """
+            [[routes]]
+            match = "/**"
+            access = "public"
+        """)
+        gateway = gateway_server(config, port)
+        with running(demo_backend_server(backend_port), gateway):
+            assert gateway.proc is not None
+            process = psutil.Process(gateway.proc.pid)
             baseline = process.memory_info().rss
             peak = baseline
             sampling = True
@@ -132,12 +86,7 @@ def main() -> int:
             sampling = False
             sampler.join()
             after = process.memory_info().rss
-            ok = httpx.get(f"http://127.0.0.1:{port}/api/echo/after").status_code
-        finally:
-            gateway.terminate()
-            backend.terminate()
-            gateway.wait(10)
-            backend.wait(10)
+            ok = httpx.get(f"{gateway.url}/api/echo/after").status_code
     print(f"{CLIENTS} clients x {HEADER_MiB} MiB header, {took:.1f} s")
     print(f"gateway RSS: baseline {baseline / MB:.0f} MB, peak {peak / MB:.0f} MB, "
           f"5 s later {after / MB:.0f} MB")

@@ -14,63 +14,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import re
 import shutil
 import statistics
-import subprocess
-import sys
 import tempfile
-import textwrap
 import time
 from pathlib import Path
 
 import httpx
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from tests.servers import ServerProcess, free_port  # noqa: E402
-
-TOKEN = "bench-token-0123456789abcdef"
-UPSTREAM = textwrap.dedent(f'''
-    import json
-    BODY = json.dumps({{"items": [{{"id": i, "name": "item-%d" % i}} for i in range(6)]}}).encode()
-    ME = json.dumps({{"success": True, "data": {{"id": 1, "roles": ["user"]}}}}).encode()
-
-    async def app(scope, receive, send):
-        if scope["type"] != "http":
-            return
-        if scope["path"] == "/auth/me":
-            auth = dict(scope["headers"]).get(b"authorization", b"")
-            ok = auth == b"Bearer {TOKEN}"
-            await send({{"type": "http.response.start", "status": 200 if ok else 401,
-                        "headers": [(b"content-type", b"application/json"),
-                                    (b"content-length", str(len(ME) if ok else 2).encode())]}})
-            await send({{"type": "http.response.body", "body": ME if ok else b"{{}}"}})
-            return
-        await send({{"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(BODY)).encode())]}})
-        await send({{"type": "http.response.body", "body": BODY}})
-''')
-
-
-def _wrk(url: str, concurrency: int, duration: float, headers: list[str]
-         ) -> tuple[float, float, float]:
-    args = ["wrk", "-t", "1" if concurrency == 1 else "2", "-c", str(concurrency),
-            "-d", f"{duration:g}s", "--latency"]
-    for header in headers:
-        args += ["-H", header]
-    out = subprocess.run([*args, url], capture_output=True, text=True, check=True).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-
-    def pct(label: str) -> float:
-        match = re.search(rf"\s{label}%\s+([\d.]+)(us|ms|s)", out)
-        assert match, out
-        value, unit = float(match.group(1)), match.group(2)
-        return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
-
-    return rps, pct("50"), pct("99")
+from bench_harness import TOKEN, free_port, gateway_config, gateway_server, upstream_server, wrk
 
 
 async def _python_load(url: str, concurrency: int, duration: float, headers: list[str]
@@ -94,7 +45,8 @@ async def _python_load(url: str, concurrency: int, duration: float, headers: lis
 def measure(url: str, concurrency: int, duration: float, headers: list[str]
             ) -> tuple[float, float, float]:
     if shutil.which("wrk"):
-        return _wrk(url, concurrency, duration, headers)
+        run = wrk(url, concurrency, duration, headers=headers)
+        return run.rps, run.p50_ms, run.p99_ms
     return asyncio.run(_python_load(url, concurrency, duration, headers))
 
 
@@ -103,30 +55,18 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=8.0)
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp())
-    (tmp / "bench_upstream.py").write_text(UPSTREAM)
     up_port, gw_port = free_port(), free_port()
-    config = tmp / "gateway.toml"
-    config.write_text(textwrap.dedent(f"""
-        [upstream]
-        url = "http://127.0.0.1:{up_port}"
-        [audit]
-        sink = "{tmp / 'audit.jsonl'}"
+    config = gateway_config(tmp, up_port, """
         [[routes]]
         match = "/public/**"
         access = "public"
         [default_route]
         access = "user"
-    """))
-    env = {"PYTHONPATH": str(tmp)}
-    upstream = ServerProcess(
-        [sys.executable, "-m", "uvicorn", "bench_upstream:app", "--port", str(up_port),
-         "--log-level", "warning", "--no-access-log"], up_port, env=env, ready_path="/x")
-    gateway = ServerProcess(
-        [sys.executable, "-m", "gateway", "serve", "--config", str(config), "--port",
-         str(gw_port)], gw_port)
+    """)
+    upstream = upstream_server(tmp, up_port)
+    gateway = gateway_server(config, gw_port)
     upstream.start()
     gateway.start()
-    os.environ.pop("PYTHONPATH", None)
     try:
         rows = []
         auth = [f"Authorization: Bearer {TOKEN}"]

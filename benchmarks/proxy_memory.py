@@ -23,9 +23,7 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
-import os
 import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -34,6 +32,7 @@ from pathlib import Path
 
 import httpx
 import psutil
+from bench_harness import demo_backend_server, free_port, gateway_config, gateway_server, running
 
 MB = 1_000_000
 MiB = 1024 * 1024
@@ -44,64 +43,6 @@ RSS_LIMIT_MB = 50
 # once (loopback socket buffers; measured 0.1-8 MiB): more means the gateway kept reading.
 ABORT_WRITE_LIMIT_MIB = 10
 SAMPLE_S = 0.05
-
-# The reference backend, as its own process. After the gateway closes an aborted stream, the
-# backend's StreamingResponse keeps writing the rest of its generator into the dead transport
-# and asyncio logs "socket.send() raised exception." once per chunk: silence that logger so the
-# backend's log doesn't swamp the run (it is the backend's noise, not the gateway's).
-BACKEND = """
-import logging, sys
-import uvicorn
-logging.getLogger("asyncio").setLevel(logging.ERROR)
-uvicorn.run("gateway.demo:create_backend", factory=True, host="127.0.0.1",
-            port=int(sys.argv[1]), log_level="warning", access_log=False)
-"""
-
-GATEWAY_TOML = """
-[server]
-host = "127.0.0.1"
-port = {port}
-
-[upstream]
-url = "http://127.0.0.1:{backend_port}"
-
-[[routes]]
-match = "/**"
-access = "public"
-
-[audit]
-sink = "{audit}"
-"""
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"{url}: process exited {proc.returncode}:\n{log.read_text()}")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        time.sleep(0.05)
-    raise SystemExit(f"{url} did not become ready:\n{log.read_text()}")
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
 
 class RssSampler:
     """RSS of one process (plus any children) every ``SAMPLE_S`` seconds, in a thread."""
@@ -175,24 +116,17 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="proxy-memory-") as tmp:
         tmpdir = Path(tmp)
         backend_port, gateway_port = free_port(), free_port()
-        config = tmpdir / "gateway.toml"
-        config.write_text(GATEWAY_TOML.format(port=gateway_port, backend_port=backend_port,
-                                              audit=tmpdir / "audit.jsonl"))
-        backend_log, gateway_log = tmpdir / "backend.log", tmpdir / "gateway.log"
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        with backend_log.open("wb") as blog, gateway_log.open("wb") as glog:
-            backend = subprocess.Popen([sys.executable, "-c", BACKEND, str(backend_port)],
-                                       stdout=blog, stderr=subprocess.STDOUT, env=env)
-            gateway = subprocess.Popen(
-                [sys.executable, "-m", "gateway", "serve", "--config", str(config),
-                 "--port", str(gateway_port)],
-                stdout=glog, stderr=subprocess.STDOUT, env=env)
-        try:
-            url = f"http://127.0.0.1:{gateway_port}"
-            wait_ready(f"http://127.0.0.1:{backend_port}/api/public/hello", backend, backend_log)
-            wait_ready(url + "/__gateway/health", gateway, gateway_log)
-            print(f"backend  pid {backend.pid} on :{backend_port}  (uvicorn, demo backend)")
-            print(f"gateway  pid {gateway.pid} on :{gateway_port}  "
+        config = gateway_config(tmpdir, backend_port, """
+            [[routes]]
+            match = "/**"
+            access = "public"
+        """)
+        backend, gateway = demo_backend_server(backend_port), gateway_server(config, gateway_port)
+        with running(backend, gateway):
+            assert backend.proc is not None and gateway.proc is not None
+            url = gateway.url
+            print(f"backend  pid {backend.proc.pid} on :{backend_port}  (uvicorn, demo backend)")
+            print(f"gateway  pid {gateway.proc.pid} on :{gateway_port}  "
                   f"(python -m gateway serve --config {config.name})")
             print(f"python {sys.version.split()[0]}, {psutil.cpu_count()} CPUs")
 
@@ -202,7 +136,7 @@ def main() -> int:
                     client.get("/api/echo/warmup").raise_for_status()
             download(url, 8 * MiB)
             time.sleep(0.3)
-            sampler = RssSampler(gateway.pid)
+            sampler = RssSampler(gateway.proc.pid)
             baseline = min(sampler.rss() for _ in range(5))
             with sampler:
                 received, seconds = download(url, args.size)
@@ -229,9 +163,9 @@ def main() -> int:
             print()
             print(f"2. {args.aborts:,} downloads of {args.abort_size / MiB:.0f} MiB, each closed "
                   "after its first chunk")
-            backend_process = psutil.Process(backend.pid)
+            backend_process = psutil.Process(backend.proc.pid)
             backend_written_before = backend_process.io_counters().write_chars
-            conns_before = established_to(gateway.pid, backend_port)
+            conns_before = established_to(gateway.proc.pid, backend_port)
             print(f"   gateway->backend ESTABLISHED before: {conns_before}")
             checkpoints = {args.aborts * k // 4 for k in range(1, 5)}
             first_lines: collections.Counter[str] = collections.Counter()
@@ -241,7 +175,7 @@ def main() -> int:
                 first = aborted_download("127.0.0.1", gateway_port, args.abort_size)
                 first_lines[first.split(b"\r\n", 1)[0].decode("latin-1", "replace")] += 1
                 if n in checkpoints:
-                    conns = established_to(gateway.pid, backend_port)
+                    conns = established_to(gateway.proc.pid, backend_port)
                     conns_seen.append(conns)
                     print(f"   after {n:5,} aborts: {time.perf_counter() - t0:6.2f} s, "
                           f"gateway->backend ESTABLISHED = {conns}, "
@@ -257,12 +191,12 @@ def main() -> int:
                   f"{per_abort_mib:.1f} MiB per aborted download (limit "
                   f"{ABORT_WRITE_LIMIT_MIB} MiB, what socket buffers hold: "
                   f"{'PASS' if per_abort_mib < ABORT_WRITE_LIMIT_MIB else 'FAIL'})")
-            conns_after = established_to(gateway.pid, backend_port)
+            conns_after = established_to(gateway.proc.pid, backend_port)
             with httpx.Client(base_url=url, timeout=10) as client:
                 statuses = collections.Counter(
                     client.get(f"/api/echo/after/{i}").status_code
                     for i in range(args.follow_ups))
-            conns_final = established_to(gateway.pid, backend_port)
+            conns_final = established_to(gateway.proc.pid, backend_port)
             print(f"   {args.follow_ups} follow-up requests: statuses {dict(statuses)}")
             print(f"   gateway->backend ESTABLISHED: before {conns_before}, "
                   f"after aborts {conns_after}, after follow-ups {conns_final} "
@@ -280,11 +214,8 @@ def main() -> int:
             if per_abort_mib >= ABORT_WRITE_LIMIT_MIB:
                 failures.append(f"the gateway read {per_abort_mib:.1f} MiB per aborted "
                                 "download from the backend after its client had gone")
-            if gateway.poll() is not None:
-                failures.append(f"gateway exited with {gateway.returncode}")
-        finally:
-            stop(gateway)
-            stop(backend)
+            if gateway.proc.poll() is not None:
+                failures.append(f"gateway exited with {gateway.proc.returncode}")
     print()
     print(f"total {time.monotonic() - started:.1f} s: "
           + ("ALL CHECKS PASSED" if not failures else "FAILED: " + "; ".join(failures)))

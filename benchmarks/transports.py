@@ -44,7 +44,7 @@ import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any, Protocol
+from typing import Any
 
 # --------------------------------------------------------------------------------------
 # Upstream (runs in a subprocess)
@@ -243,9 +243,18 @@ class Fetched:
 
 
 BodyArg = bytes | Callable[[], AsyncIterator[bytes]] | None
+# What a client's _open yields: status, response headers, the raw body chunks as they arrive.
+Opened = tuple[int, list[tuple[str, str]], AsyncIterator[bytes]]
 
 
-class Client(Protocol):
+class Client:
+    """A candidate client. ``fetch`` reads the response the way a proxy does, the same loop
+    for every candidate; each kind of client only says what its request body argument is
+    called (``_body_key``), what its timeout is (``_timeout``), how it opens a streamed
+    response (``_open``) and how it closes (``aclose``)."""
+
+    _body_key: str
+
     async def fetch(
         self,
         path: str,
@@ -256,9 +265,33 @@ class Client(Protocol):
         timeout: Timeouts | None = None,
         keep: bool = False,
         first_chunk_only: bool = False,
-    ) -> Fetched: ...
+    ) -> Fetched:
+        kwargs: dict[str, Any] = {}
+        if body is not None:
+            kwargs[self._body_key] = body if isinstance(body, bytes) else body()
+        if timeout is not None:
+            kwargs["timeout"] = self._timeout(timeout)
+        parts: list[bytes] = []
+        n = 0
+        async with self._open(method, path, headers, kwargs) as (status, hdrs, chunks):
+            async for chunk in chunks:
+                n += len(chunk)
+                if keep:
+                    parts.append(chunk)
+                if first_chunk_only:
+                    break
+            return Fetched(status, hdrs, b"".join(parts), n)
 
-    async def aclose(self) -> None: ...
+    def _timeout(self, t: Timeouts) -> Any:
+        raise NotImplementedError
+
+    def _open(
+        self, method: str, path: str, headers: dict[str, str] | None, kwargs: dict[str, Any]
+    ) -> contextlib.AbstractAsyncContextManager[Opened]:
+        raise NotImplementedError
+
+    async def aclose(self) -> None:
+        raise NotImplementedError
 
 
 class RejectAllCookies(http.cookiejar.CookieJar):
@@ -274,8 +307,10 @@ class RejectAllCookies(http.cookiejar.CookieJar):
         return None
 
 
-class HttpxLike:
+class HttpxLike(Client):
     """httpx / httpx2 AsyncClient (any transport), streaming with aiter_raw()."""
+
+    _body_key = "content"
 
     def __init__(self, mod: ModuleType, client: Any, base: str) -> None:
         self.mod = mod
@@ -285,39 +320,21 @@ class HttpxLike:
     def _timeout(self, t: Timeouts) -> Any:
         return self.mod.Timeout(connect=t.connect, read=t.read, write=t.read, pool=t.pool)
 
-    async def fetch(
-        self,
-        path: str,
-        *,
-        method: str = "GET",
-        headers: dict[str, str] | None = None,
-        body: BodyArg = None,
-        timeout: Timeouts | None = None,
-        keep: bool = False,
-        first_chunk_only: bool = False,
-    ) -> Fetched:
-        kwargs: dict[str, Any] = {}
-        if body is not None:
-            kwargs["content"] = body if isinstance(body, bytes) else body()
-        if timeout is not None:
-            kwargs["timeout"] = self._timeout(timeout)
-        parts: list[bytes] = []
-        n = 0
+    @contextlib.asynccontextmanager
+    async def _open(
+        self, method: str, path: str, headers: dict[str, str] | None, kwargs: dict[str, Any]
+    ) -> AsyncIterator[Opened]:
         async with self.client.stream(method, self.base + path, headers=headers, **kwargs) as r:
-            async for chunk in r.aiter_raw():
-                n += len(chunk)
-                if keep:
-                    parts.append(chunk)
-                if first_chunk_only:
-                    break
-            return Fetched(r.status_code, list(r.headers.items()), b"".join(parts), n)
+            yield r.status_code, list(r.headers.items()), r.aiter_raw()
 
     async def aclose(self) -> None:
         await self.client.aclose()
 
 
-class AiohttpRaw:
+class AiohttpRaw(Client):
     """Plain aiohttp.ClientSession (the ceiling), streaming with content.iter_any()."""
+
+    _body_key = "data"
 
     def __init__(self, session: Any, base: str) -> None:
         import aiohttp
@@ -328,37 +345,19 @@ class AiohttpRaw:
         self.session = session
         self.base = base
 
-    async def fetch(
-        self,
-        path: str,
-        *,
-        method: str = "GET",
-        headers: dict[str, str] | None = None,
-        body: BodyArg = None,
-        timeout: Timeouts | None = None,
-        keep: bool = False,
-        first_chunk_only: bool = False,
-    ) -> Fetched:
-        kwargs: dict[str, Any] = {}
-        if body is not None:
-            kwargs["data"] = body if isinstance(body, bytes) else body()
-        if timeout is not None:
-            kwargs["timeout"] = aiohttp_timeout(self.aiohttp, timeout)
-        parts: list[bytes] = []
-        n = 0
+    def _timeout(self, t: Timeouts) -> Any:
+        return aiohttp_timeout(self.aiohttp, t)
+
+    @contextlib.asynccontextmanager
+    async def _open(
+        self, method: str, path: str, headers: dict[str, str] | None, kwargs: dict[str, Any]
+    ) -> AsyncIterator[Opened]:
         # encoded=True: forward the path/query exactly as received (no yarl re-quoting)
         url = self.yarl.URL(self.base + path, encoded=True)
         async with self.session.request(
             method, url, headers=headers, allow_redirects=False, **kwargs
         ) as r:
-            async for chunk in r.content.iter_any():
-                n += len(chunk)
-                if keep:
-                    parts.append(chunk)
-                if first_chunk_only:
-                    break
-            hdrs = [(k, v) for k, v in r.headers.items()]
-            return Fetched(r.status, hdrs, b"".join(parts), n)
+            yield r.status, list(r.headers.items()), r.content.iter_any()
 
     async def aclose(self) -> None:
         await self.session.close()

@@ -70,24 +70,40 @@ _HEAD_TOO_LARGE = (431, "Request Header Fields Too Large", "headers_too_large",
                    "The request head is too large.")
 
 
-class _HeadGuard:
+class _HeadGuard(asyncio.Protocol):
     """Counts the bytes of the request head being received and times its arrival.
 
     ``_in_head`` is True from the end of one request's body (or the connection's start) to
     the end of the next head; bytes that arrive then are head bytes up to the blank line that
-    ends it. A head that runs past the limit is refused before it reaches the parser."""
+    ends it. A head that runs past the limit is refused before it reaches the parser.
+
+    A mixin placed before uvicorn's protocol class (which also derives from
+    ``asyncio.Protocol``), so its ``super()`` calls reach uvicorn's: the construction and the
+    connection hooks below are the same for both HTTP implementations."""
 
     transport: asyncio.Transport
     loop: asyncio.AbstractEventLoop
     cycle: Any  # uvicorn's RequestResponseCycle of the request being answered, if any
 
-    def _guard_init(self, limits: ConnectionLimits) -> None:
+    def __init__(self, config: Config, server_state: ServerState, app_state: dict[str, Any],
+                 _loop: asyncio.AbstractEventLoop | None = None, *,
+                 limits: ConnectionLimits) -> None:
+        # The next class in the MRO is uvicorn's protocol, which takes these arguments.
+        super().__init__(config, server_state, app_state, _loop)  # type: ignore[call-arg]
         self._limits = limits
         self._in_head = True
         self._head_bytes = 0
         self._tail = b""
         self._head_timer: asyncio.TimerHandle | None = None
         self._refused = False
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_head_timer()
+        super().connection_lost(exc)
 
     def _arm_head_timer(self) -> None:
         if self._head_timer is None:
@@ -162,19 +178,10 @@ class H11Protocol(_HeadGuard, _UvicornH11):
     def __init__(self, config: Config, server_state: ServerState, app_state: dict[str, Any],
                  _loop: asyncio.AbstractEventLoop | None = None, *,
                  limits: ConnectionLimits) -> None:
-        super().__init__(config, server_state, app_state, _loop)
-        self._guard_init(limits)
+        super().__init__(config, server_state, app_state, _loop, limits=limits)
         # h11's own bound is a backstop above ours (it answers a bare 400).
         self.conn = h11.Connection(h11.SERVER,
                                    max_incomplete_event_size=2 * limits.max_head_bytes + 65536)
-
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        self._arm_head_timer()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm_head_timer()
-        super().connection_lost(exc)
 
     def handle_websocket_upgrade(self, event: h11.Request) -> None:
         self._head_done()  # the connection now belongs to the WebSocket protocol
@@ -196,20 +203,6 @@ class H11Protocol(_HeadGuard, _UvicornH11):
 
 class HttpToolsProtocol(_HeadGuard, _UvicornHttpTools):
     """uvicorn's httptools protocol with the head limits, head timeout and no trailers."""
-
-    def __init__(self, config: Config, server_state: ServerState, app_state: dict[str, Any],
-                 _loop: asyncio.AbstractEventLoop | None = None, *,
-                 limits: ConnectionLimits) -> None:
-        super().__init__(config, server_state, app_state, _loop)
-        self._guard_init(limits)
-
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        self._arm_head_timer()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm_head_timer()
-        super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
         if self._guard(data):

@@ -1,19 +1,14 @@
 -- Cycle through the tokens listed (one a line) in BENCH_TOKEN_FILE, as Authorization or, with
 -- BENCH_COOKIE set, as that cookie; BENCH_PATH is the path requested.
+dofile((debug.getinfo(1, "S").source:match("^@(.*/)") or "./") .. "_threads.lua")
 local path = os.getenv("BENCH_PATH") or "/api/items"
 local cookie = os.getenv("BENCH_COOKIE")
 local tokens = {}
 for line in io.lines(os.getenv("BENCH_TOKEN_FILE")) do
    tokens[#tokens + 1] = line
 end
-local counter = 0
-function setup(thread)
-   thread:set("id", counter)
-   counter = counter + 1
-end
 function init(args)
    n = 0
-   threads = tonumber(os.getenv("BENCH_THREADS") or "2")
 end
 function request()
    local token = tokens[(n * threads + id) % #tokens + 1]

@@ -1,15 +1,10 @@
 -- A new token on every request (BENCH_TOKENS in all, split over the threads, starting at
 -- BENCH_OFFSET), then round again: fills a validation cache with that many entries.
+dofile((debug.getinfo(1, "S").source:match("^@(.*/)") or "./") .. "_threads.lua")
 local N = tonumber(os.getenv("BENCH_TOKENS") or "100000")
 local offset = tonumber(os.getenv("BENCH_OFFSET") or "0")
-local counter = 0
-function setup(thread)
-   thread:set("id", counter)
-   counter = counter + 1
-end
 function init(args)
    n = 0
-   threads = tonumber(os.getenv("BENCH_THREADS") or "2")
 end
 function request()
    local k = (offset + n * threads + id) % N

@@ -1,16 +1,12 @@
 -- 10,000 distinct tokens, picked with Zipf-like reuse (P(rank k) ~ 1/k): a few users make
 -- most requests, most users make a few.
+dofile((debug.getinfo(1, "S").source:match("^@(.*/)") or "./") .. "_threads.lua")
 local N = tonumber(os.getenv("BENCH_TOKENS") or "10000")
 local cdf = {}
 local total = 0
 for k = 1, N do
    total = total + 1 / k
    cdf[k] = total
-end
-local counter = 0
-function setup(thread)
-   thread:set("id", counter)
-   counter = counter + 1
 end
 function init(args)
    math.randomseed(12345 + 7919 * (id or 0))

@@ -14,11 +14,17 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocket
 
 from gateway.audit import token_fp
 from gateway.demo.activity import user_events
-from gateway.demo.endpoint import credentials, demo_state, gateway_user_id, instrumented
+from gateway.demo.endpoint import (
+    credentials,
+    demo_state,
+    echo_messages,
+    gateway_user_id,
+    instrumented,
+)
 from gateway.demo.state import DEMO_USERS, TokenError, user_by_id
 
 _ITEMS = [
@@ -107,17 +113,7 @@ async def websocket_demo(websocket: WebSocket) -> None:
     user = user_by_id(websocket.headers.get("x-auth-user-id") or "")
     await websocket.send_json({"hello": user.name if user else "guest",
                                "user_id": websocket.headers.get("x-auth-user-id")})
-    try:
-        while True:
-            message = await websocket.receive()
-            if message["type"] == "websocket.disconnect":
-                return
-            if message.get("text") is not None:
-                await websocket.send_text(message["text"])
-            elif message.get("bytes") is not None:
-                await websocket.send_bytes(message["bytes"])
-    except WebSocketDisconnect:
-        return
+    await echo_messages(websocket)
 
 
 ROUTES: list[BaseRoute] = [

@@ -41,17 +41,29 @@ def _drf_parse_error() -> JSONResponse:
     return JSONResponse({"detail": "JSON parse error"}, status_code=400)
 
 
-def _drf_user(request: Request) -> DemoUser | None:
-    """SimpleJWT's JWTAuthentication: None when no ``JWT`` header, TokenError if invalid."""
+def _drf_user(request: Request) -> DemoUser | JSONResponse | None:
+    """SimpleJWT's JWTAuthentication: None when no ``JWT`` header; an invalid one is refused
+    (the 401 returned is the answer to send)."""
     header = request.headers.get("authorization")
     if header is None:
         return None
     parts = header.split()
     if not parts or parts[0] != "JWT":
         return None
-    if len(parts) != 2:
-        raise TokenError("Authorization header must contain two space-delimited values")
-    return user_of(demo_state(request).decode(parts[1], ("access",)))
+    if len(parts) != 2:  # "Authorization header must contain two space-delimited values"
+        return _drf_not_valid()
+    try:
+        return user_of(demo_state(request).decode(parts[1], ("access",)))
+    except TokenError:
+        return _drf_not_valid()
+
+
+def _drf_authenticated_user(request: Request) -> DemoUser | JSONResponse:
+    """``_drf_user`` under DRF's IsAuthenticated permission: no credentials is refused too."""
+    user = _drf_user(request)
+    if user is None:
+        return _drf_401("Authentication credentials were not provided.")
+    return user
 
 
 def _drf_refresh_field(body: dict[str, Any]) -> str | None:
@@ -120,32 +132,25 @@ async def jwt_blacklist(request: Request) -> Response:
 
 @instrumented("users_me")
 async def users_me(request: Request) -> Response:
-    try:
-        user = _drf_user(request)
-    except TokenError:
-        return _drf_not_valid()
-    if user is None:
-        return _drf_401("Authentication credentials were not provided.")
+    user = _drf_authenticated_user(request)
+    if isinstance(user, Response):
+        return user
     return JSONResponse(user.public())
 
 
 @instrumented("django_open")
 async def django_open(request: Request) -> Response:
-    try:
-        user = _drf_user(request)
-    except TokenError:
-        return _drf_not_valid()
+    user = _drf_user(request)
+    if isinstance(user, Response):
+        return user
     return JSONResponse({"open": True, "user_id": user.id if user is not None else None})
 
 
 @instrumented("django_private")
 async def django_private(request: Request) -> Response:
-    try:
-        user = _drf_user(request)
-    except TokenError:
-        return _drf_not_valid()
-    if user is None:
-        return _drf_401("Authentication credentials were not provided.")
+    user = _drf_authenticated_user(request)
+    if isinstance(user, Response):
+        return user
     return JSONResponse({"private": True, "user_id": user.id})
 
 

@@ -1,4 +1,5 @@
-"""What every demo endpoint shares: reading the request, counting calls, injected faults."""
+"""What every demo endpoint shares: reading the request, counting calls, injected faults,
+the WebSocket echo."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any, cast
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from gateway.demo.state import Claims, DemoState, DemoUser, TokenError, user_by_id
 
@@ -57,6 +59,27 @@ def credentials(request: Request, scheme: str) -> str | None:
     if len(parts) != 2 or parts[0].lower() != scheme.lower():
         return None
     return parts[1]
+
+
+async def echo_messages(websocket: WebSocket, *, close_command: bool = False) -> None:
+    """Send back every text and bytes message of an accepted WebSocket until the client goes.
+    With ``close_command``, the text ``close <code>`` closes with that code instead (how the
+    tests see a close code travel through the gateway)."""
+    try:
+        while True:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            text = message.get("text")
+            if close_command and text is not None and text.startswith("close "):
+                await websocket.close(code=int(text.split()[1]))
+                return
+            if text is not None:
+                await websocket.send_text(text)
+            elif message.get("bytes") is not None:
+                await websocket.send_bytes(message["bytes"])
+    except WebSocketDisconnect:
+        return
 
 
 def param(request: Request, name: str, cast_to: Callable[[str], Any], default: Any) -> Any:

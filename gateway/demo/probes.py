@@ -17,12 +17,13 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route, WebSocketRoute
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocket
 
 from gateway.demo.endpoint import (
     ALL_METHODS,
     EMPTY_BODY_STATUSES,
     demo_state,
+    echo_messages,
     instrumented,
     param,
 )
@@ -158,21 +159,7 @@ async def websocket_echo(websocket: WebSocket) -> None:
     await websocket.send_json({"user_id": websocket.headers.get("x-auth-user-id"),
                                "token_type": websocket.headers.get("x-auth-token-type"),
                                "authorization": websocket.headers.get("authorization")})
-    try:
-        while True:
-            message = await websocket.receive()
-            if message["type"] == "websocket.disconnect":
-                return
-            text = message.get("text")
-            if text is not None and text.startswith("close "):
-                await websocket.close(code=int(text.split()[1]))
-                return
-            if text is not None:
-                await websocket.send_text(text)
-            elif message.get("bytes") is not None:
-                await websocket.send_bytes(message["bytes"])
-    except WebSocketDisconnect:
-        return
+    await echo_messages(websocket, close_command=True)
 
 
 ROUTES: list[BaseRoute] = [

@@ -7,6 +7,7 @@ something token-shaped. Values are never returned, so nothing here can leak a to
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from gateway.tokens import is_token, jwt_claims, parse_cookies
@@ -15,41 +16,30 @@ _MAX_DEPTH = 4
 _MIN_TOKEN_CHARS = 16  # shorter strings (ids, "Bearer") are not taken for tokens
 
 
-def key_paths(document: Any, prefix: str = "", depth: int = 0) -> list[str]:
+def _entries(document: Any, prefix: str = "", depth: int = 0) -> Iterator[tuple[str, Any]]:
+    """Every (dotted key path, value) of a JSON document, objects only, a few levels deep,
+    each key before the keys inside it: the one walk the three views below share."""
+    if not isinstance(document, dict) or depth >= _MAX_DEPTH:
+        return
+    for key, value in document.items():
+        path = f"{prefix}.{key}" if prefix else str(key)
+        yield path, value
+        yield from _entries(value, path, depth + 1)
+
+
+def key_paths(document: Any) -> list[str]:
     """Every dotted key path of a JSON document, objects only, a few levels deep."""
-    if not isinstance(document, dict) or depth >= _MAX_DEPTH:
-        return []
-    paths: list[str] = []
-    for key, value in document.items():
-        path = f"{prefix}.{key}" if prefix else str(key)
-        paths.append(path)
-        paths.extend(key_paths(value, path, depth + 1))
-    return paths
+    return [path for path, _ in _entries(document)]
 
 
-def token_paths(document: Any, prefix: str = "", depth: int = 0) -> list[str]:
+def token_paths(document: Any) -> list[str]:
     """Dotted paths whose value looks like a token (a JWT, or a long token-shaped string)."""
-    if not isinstance(document, dict) or depth >= _MAX_DEPTH:
-        return []
-    found: list[str] = []
-    for key, value in document.items():
-        path = f"{prefix}.{key}" if prefix else str(key)
-        if looks_like_token(value):
-            found.append(path)
-        found.extend(token_paths(value, path, depth + 1))
-    return found
+    return [path for path, value in _entries(document) if looks_like_token(value)]
 
 
-def token_values(document: Any, depth: int = 0) -> list[str]:
+def token_values(document: Any) -> list[str]:
     """The token-like values of a reply: for the report's redaction list, never for output."""
-    if not isinstance(document, dict) or depth >= _MAX_DEPTH:
-        return []
-    found: list[str] = []
-    for value in document.values():
-        if looks_like_token(value):
-            found.append(value)
-        found.extend(token_values(value, depth + 1))
-    return found
+    return [value for _, value in _entries(document) if looks_like_token(value)]
 
 
 def looks_like_token(value: object) -> bool:
