@@ -95,6 +95,27 @@ def test_at_the_bound_expired_entries_go_before_live_ones(clock: FakeClock) -> N
     assert list(cache) == [b"live1", b"live2", b"new"]
 
 
+def test_at_the_bound_a_shorter_ttl_written_late_goes_first(clock: FakeClock) -> None:
+    cache: TTLCache[bytes, bytes] = TTLCache(3, clock)
+    cache.set(b"long1", b"1", 60)
+    cache.set(b"long2", b"2", 60)
+    cache.set(b"short", b"s", 1.0)  # behind entries that outlive it
+    clock.advance(2)
+    cache.set(b"new", b"n", 60)
+    assert list(cache) == [b"long1", b"long2", b"new"]
+
+
+def test_a_flood_into_a_full_cache_of_live_entries_never_scans_it(clock: FakeClock) -> None:
+    """In deadline order (same TTL, no reads) the old end is always the first to expire:
+    the bound evicts there without a full pass."""
+    cache: TTLCache[bytes, bytes] = TTLCache(100, clock)
+    for n in range(1000):
+        cache.set(b"%d" % n, b"v", 60)
+        clock.advance(0.5)
+    assert cache._swept == -float("inf")  # no full pass was ever made
+    assert list(cache)[0] == b"900" and len(cache) == 100
+
+
 def test_writes_retire_expired_entries_at_the_old_end(clock: FakeClock) -> None:
     """A stream of new keys makes room for itself: what expired is not kept around."""
     cache: TTLCache[bytes, bytes] = TTLCache(1000, clock)

@@ -13,15 +13,19 @@ write first drops the expired entries at the old end of the order, so a stream o
 makes room for itself by retiring the ones whose time is up. An expired entry further in
 (one that was read, then never again) is dropped when it reaches that end or is read: it
 costs memory for at most about one TTL longer and is never served. At the bound, expired
-entries go before any live one: a full pass drops them all (at most once per
-``_SWEEP_EVERY_S`` seconds, so a flood of new keys into a full cache of live entries does not
-scan it on every write), then the least recently used live entry makes room.
+entries go before any live one, then the least recently used live entry makes room. Finding
+the expired ones takes a full pass (~50 ms for 100,000 entries), so it runs only when one can
+have expired out of the old end's reach: the cache remembers the earliest deadline of any
+entry that went behind a later one (read, or written with a shorter TTL than the entries
+before it), and passes at most once per ``_SWEEP_EVERY_S`` seconds. A flood of new keys into
+a full cache of live entries never scans it.
 
 The clock is a parameter (``time.monotonic`` by default) so tests move time themselves.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterator
@@ -37,7 +41,7 @@ _SWEEP_EVERY_S = 1.0
 class TTLCache(Generic[K, V]):
     """At most ``max_entries`` live entries; each expires ``ttl_s`` after it was set."""
 
-    __slots__ = ("_clock", "_entries", "_max", "_swept")
+    __slots__ = ("_clock", "_entries", "_latest", "_max", "_stray", "_swept")
 
     def __init__(self, max_entries: int, clock: Clock = time.monotonic) -> None:
         if max_entries < 1:
@@ -45,17 +49,22 @@ class TTLCache(Generic[K, V]):
         self._entries: OrderedDict[K, tuple[V, float]] = OrderedDict()
         self._max = max_entries
         self._clock = clock
-        self._swept = -float("inf")  # when the last full pass for expired entries ran
+        self._swept = -math.inf  # when the last full pass for expired entries ran
+        self._latest = -math.inf  # the latest deadline written at the young end so far
+        self._stray = math.inf  # the earliest deadline that may sit behind a later one
 
     def get(self, key: K) -> V | None:
         """The live value under ``key`` (now the most recently used), or None."""
         entry = self._entries.get(key)
         if entry is None:
             return None
-        if entry[1] <= self._clock():
+        until = entry[1]
+        if until <= self._clock():
             del self._entries[key]
             return None
         self._entries.move_to_end(key)
+        if until < self._latest and until < self._stray:
+            self._stray = until  # now behind entries that outlive it
         return entry[0]
 
     def set(self, key: K, value: V, ttl_s: float) -> None:
@@ -71,7 +80,12 @@ class TTLCache(Generic[K, V]):
             entries.move_to_end(key)
         elif len(entries) >= self._max:
             self._make_room(now)
-        entries[key] = (value, now + ttl_s)
+        until = now + ttl_s
+        entries[key] = (value, until)
+        if until >= self._latest:
+            self._latest = until
+        elif until < self._stray:
+            self._stray = until
 
     def pop(self, key: K) -> None:
         self._entries.pop(key, None)
@@ -99,12 +113,27 @@ class TTLCache(Generic[K, V]):
 
     def _make_room(self, now: float) -> None:
         entries = self._entries
-        if now - self._swept >= _SWEEP_EVERY_S:
-            self._swept = now
-            for key in [key for key, (_v, until) in entries.items() if until <= now]:
-                del entries[key]
+        if self._stray <= now and now - self._swept >= _SWEEP_EVERY_S:
+            self._sweep(now)
         if len(entries) >= self._max:
             entries.popitem(last=False)
+
+    def _sweep(self, now: float) -> None:
+        """Drop every expired entry; note the earliest deadline still behind a later one."""
+        self._swept = now
+        entries = self._entries
+        latest, stray = -math.inf, math.inf
+        expired: list[K] = []
+        for key, (_value, until) in entries.items():
+            if until <= now:
+                expired.append(key)
+            elif until >= latest:
+                latest = until
+            elif until < stray:
+                stray = until
+        for key in expired:
+            del entries[key]
+        self._latest, self._stray = latest, stray
 
     def _drop_expired(self, now: float) -> None:
         entries = self._entries
