@@ -113,7 +113,7 @@ def test_a_flood_into_a_full_cache_of_live_entries_never_scans_it(clock: FakeClo
         cache.set(b"%d" % n, b"v", 60)
         clock.advance(0.5)
     assert cache._swept == -float("inf")  # no full pass was ever made
-    assert list(cache)[0] == b"900" and len(cache) == 100
+    assert next(iter(cache)) == b"900" and len(cache) == 100
 
 
 def test_writes_retire_expired_entries_at_the_old_end(clock: FakeClock) -> None:
