@@ -34,10 +34,9 @@ class _Namespaced:
         self._spaces: dict[bytes, _Entries] = {}
 
     def space(self, key: bytes) -> _Entries:
-        cut = key.find(b":")  # namespace(), inlined: this runs on every cache hit
-        name = b"" if cut < 0 else key[:cut + 1]
-        found = self._spaces.get(name)
+        found = self._spaces.get(key[:key.find(b":") + 1])  # namespace(), on every cache hit
         if found is None:
+            name = namespace(key)
             found = self._spaces[name] = TTLCache(self._max, self._clock)
         return found
 
