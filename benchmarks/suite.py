@@ -573,6 +573,8 @@ def chart(rows: list[Row], path: Path, compare: list[Row] | None = None) -> None
     cells = [(s, c) for s, c in (("cached", 1), ("cached", 32), ("cached", 128), ("zipf", 32),
                                  ("guest-reuse", 32), ("storm", 128))]
     names = [n for n in dict.fromkeys(r.target for r in rows if r.scenario == "cached")]
+    if not names:  # e.g. --only rss: no per-request cells to chart
+        return
     series: list[tuple[str, list[Row]]] = [(n, rows) for n in names]
     if compare:
         series.insert(names.index("gateway") if "gateway" in names else 0,
