@@ -19,7 +19,6 @@ from gateway.accesslog import current_request
 from gateway.cors import is_preflight
 from gateway.handler import (
     INTERNAL_ERROR,
-    WWW_AUTHENTICATE,
     HTTPHandler,
     Outcome,
     Reply,
@@ -203,24 +202,9 @@ class ForwardAuth:
 
     async def _answer(self, send: Send, outcome: Outcome, *, head: bool) -> None:
         extra = answer_headers(outcome, self._scheme)
-        retry = [(b"retry-after", str(outcome.retry_after).encode("ascii"))]
         if outcome.kind == "allow":
             await send_empty(send, 200, [_NO_STORE, *extra])
-        elif outcome.kind == "unauthenticated":
-            location = ([(b"location", outcome.location.encode("latin-1"))]
-                        if outcome.location is not None else [])
-            await send_error(send, 401, "unauthenticated", outcome.detail,
-                             [WWW_AUTHENTICATE, *location, *extra], head=head)
-        elif outcome.kind == "forbidden":
-            await send_error(send, 403, "forbidden", "You are not allowed to do this.", extra,
-                             head=head)
-        elif outcome.kind == "csrf":
-            await send_error(send, 403, "csrf", outcome.detail, extra, head=head)
-        elif outcome.kind == "unavailable":
-            await send_error(send, 503, "auth_unavailable",
-                             "The authentication service is unavailable; try again shortly.",
-                             [*retry, *extra], head=head)
-        else:
-            await send_error(send, 429, "too_many_requests",
-                             "Too many new guest sessions; try again shortly.",
-                             [*retry, *extra], head=head)
+            return
+        if outcome.location is not None:  # the proxy in front redirects browsers there
+            extra = [(b"location", outcome.location.encode("latin-1")), *extra]
+        await outcome.refusal().send(send, outcome.refusal_headers(extra), head=head)

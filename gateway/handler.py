@@ -79,30 +79,39 @@ class Outcome:
     detail: str = ""
     location: str | None = None
 
+    def refusal(self) -> Refusal:
+        """The JSON error a refused outcome answers with (the proxy's and forward-auth's)."""
+        if self.kind == "unauthenticated" or self.kind == "csrf":
+            return Refusal(401 if self.kind == "unauthenticated" else 403, self.kind,
+                           self.detail)
+        return _REFUSALS[self.kind]
+
+    def refusal_headers(self, headers: Headers) -> list[tuple[bytes, bytes]]:
+        """``headers`` with what the refusal itself owes: ``Retry-After`` on a 429 or 503,
+        ``WWW-Authenticate`` on a 401."""
+        if self.kind == "limited" or self.kind == "unavailable":
+            return [(b"retry-after", str(self.retry_after).encode("ascii")), *headers]
+        if self.kind == "unauthenticated":
+            return [WWW_AUTHENTICATE, *headers]
+        return [*headers]
+
     async def answer(self, send: Send, *, head: bool) -> None:
         """The proxy's answer to a request it does not forward (forward-auth words it its
         own way: ``gateway/forward_auth.py``)."""
-        owed = self.response_headers
-        retry = (b"retry-after", str(self.retry_after).encode("ascii"))
-        if self.kind == "limited":
-            await send_error(send, 429, "too_many_requests",
-                             "Too many new guest sessions; try again shortly.", [retry, *owed],
-                             head=head)
-        elif self.kind == "unavailable":
-            await send_error(send, 503, "auth_unavailable",
-                             "The authentication service is unavailable; try again shortly.",
-                             [retry, *owed], head=head)
-        elif self.kind == "forbidden":
-            await send_error(send, 403, "forbidden", "You are not allowed to do this.", owed,
-                             head=head)
-        elif self.kind == "csrf":
-            await send_error(send, 403, "csrf", self.detail, owed, head=head)
-        elif self.location is not None:
-            await send_redirect(send, self.location, owed)
-        else:
-            await send_error(send, 401, "unauthenticated", self.detail,
-                             [WWW_AUTHENTICATE, *owed], head=head)
+        if self.location is not None:  # a browser navigation: to the login page
+            await send_redirect(send, self.location, self.response_headers)
+            return
+        await self.refusal().send(send, self.refusal_headers(self.response_headers),
+                                  head=head)
 
+
+_REFUSALS: dict[OutcomeKind, Refusal] = {
+    "limited": Refusal(429, "too_many_requests",
+                       "Too many new guest sessions; try again shortly."),
+    "unavailable": Refusal(503, "auth_unavailable",
+                           "The authentication service is unavailable; try again shortly."),
+    "forbidden": Refusal(403, "forbidden", "You are not allowed to do this."),
+}
 
 _DETAIL = {
     "no_token": "Authentication is required.",
