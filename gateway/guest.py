@@ -19,11 +19,10 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from cachetools import TTLCache
-
 from gateway.authclient import AuthClient, BackendUnavailable, dig
 from gateway.settings import Settings, SettingsError
 from gateway.state import Store
+from gateway.state.ttlcache import TTLCache
 from gateway.tokens import is_token, jwt_claims, token_key
 from gateway.validation import GUEST_MARK, Identity
 
@@ -79,8 +78,7 @@ class GuestIssuer:
         self._secret = guest_secret(settings) if g.enabled and self.local else b""
         self._password = os.environ.get(g.password_env, "") if g.password_env else ""
         self._in_flight = 0
-        self._per_client: TTLCache[str, tuple[float, int]] = TTLCache(
-            maxsize=100_000, ttl=_WINDOW_S)
+        self._per_client: TTLCache[str, tuple[float, int]] = TTLCache(100_000)
         self._everyone: tuple[float, int] = (time.monotonic(), 0)  # window start, issued
         # token hash -> (identity, exp) of local guest tokens whose signature checked out
         self._verified: dict[bytes, tuple[Identity, float]] = {}
@@ -142,7 +140,7 @@ class GuestIssuer:
         if self._in_flight >= self._settings.max_concurrent:
             raise GuestLimited(1)
         now = time.monotonic()
-        start, count = self._per_client.get(client_ip, (now, 0))
+        start, count = self._per_client.get(client_ip) or (now, 0)
         if now - start >= _WINDOW_S:
             start, count = now, 0
         if count >= self._settings.per_client_per_minute:
@@ -152,7 +150,7 @@ class GuestIssuer:
             every_start, every_count = now, 0
         if every_count >= self._settings.per_minute:
             raise GuestLimited(_retry_after(now, every_start))
-        self._per_client[client_ip] = (start, count + 1)
+        self._per_client.set(client_ip, (start, count + 1), _WINDOW_S)
         self._everyone = (every_start, every_count + 1)
 
     async def _from_backend(self) -> Guest:

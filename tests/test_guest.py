@@ -425,7 +425,7 @@ async def test_per_client_window_resets_after_a_minute() -> None:
         await issuer.issue("10.0.0.1")
     assert 59 <= caught.value.retry_after <= 61
     # Pretend the window started 61 s ago.
-    issuer._per_client["10.0.0.1"] = (time.monotonic() - 61, 2)
+    issuer._per_client.set("10.0.0.1", (time.monotonic() - 61, 2), 60)
     await issuer.issue("10.0.0.1")
     assert len(fake.calls) == 3
 
