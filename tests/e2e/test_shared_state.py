@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import json
 import os
 import secrets
 import subprocess
@@ -22,7 +21,6 @@ from collections import Counter
 from collections.abc import AsyncIterator, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from http.cookiejar import CookieJar, DefaultCookiePolicy
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +29,15 @@ import pytest
 import redis
 
 from tests.conftest import PRESETS, Backend, merge, to_toml
+from tests.helpers.audit import read_events
+from tests.helpers.replies import (
+    clears_any,
+    cookie_value,
+    cookieless_client,
+    fp,
+    set_cookies,
+    upstream_saw,
+)
 from tests.redis_server import RedisServer, redis_or_skip
 from tests.servers import ServerProcess, free_port, python_module
 
@@ -85,11 +92,7 @@ class GatewayProcess(ServerProcess):
         return self
 
     def events(self, name: str | None = None) -> list[dict[str, Any]]:
-        if not self.audit_path.exists():
-            return []
-        events = [json.loads(line) for line in self.audit_path.read_text().splitlines()
-                  if line.strip()]
-        return [e for e in events if name is None or e["event"] == name]
+        return read_events(self.audit_path, name)
 
 
 def start_all(processes: Sequence[GatewayProcess]) -> list[GatewayProcess]:
@@ -160,50 +163,19 @@ def memory_replicas(backend: Backend, tmp_path_factory: pytest.TempPathFactory
 # -- clients and answers -------------------------------------------------------------------------
 
 
-def client(url: str, connections: int = 100) -> httpx.AsyncClient:
-    """A client that never keeps cookies: every request states exactly what it sends."""
-    jar = CookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
-    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
-    return httpx.AsyncClient(base_url=url, cookies=jar, limits=limits, timeout=30)
-
-
 @contextlib.asynccontextmanager
 async def clients(processes: Sequence[GatewayProcess], connections: int = 100
                   ) -> AsyncIterator[list[httpx.AsyncClient]]:
     async with contextlib.AsyncExitStack() as stack:
-        yield [await stack.enter_async_context(client(p.url, connections)) for p in processes]
-
-
-def set_cookies(response: httpx.Response) -> dict[str, str]:
-    found: dict[str, str] = {}
-    for header in response.headers.get_list("set-cookie"):
-        found[header.split("=", 1)[0].strip()] = header
-    return found
-
-
-def cookie_value(header: str) -> str:
-    return header.split(";", 1)[0].split("=", 1)[1]
-
-
-def cleared(response: httpx.Response) -> bool:
-    return any("max-age=0" in h.lower() for h in response.headers.get_list("set-cookie"))
-
-
-def upstream_saw(response: httpx.Response) -> dict[str, list[str]]:
-    seen: dict[str, list[str]] = {}
-    for name, value in response.json()["headers"]:
-        seen.setdefault(name.lower(), []).append(value)
-    return seen
+        yield [await stack.enter_async_context(
+                   cookieless_client(p.url, connections=connections, timeout=30))
+               for p in processes]
 
 
 def delta(before: dict[str, Any], after: dict[str, Any], key: str) -> int:
     if key in ("refresh_ok", "refresh_rejected"):
         return int(after[key]) - int(before[key])
     return int(after["calls"][key]) - int(before["calls"][key])
-
-
-def fp(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()[:12]
 
 
 def report(line: str) -> None:
@@ -248,7 +220,8 @@ async def refresh_storm(backend: Backend, urls: Sequence[str], total: int) -> St
     before = backend.stats()
     headers = {"cookie": f"{ACCESS}={access}", "accept": "application/json"}
     async with contextlib.AsyncExitStack() as stack:
-        cs = [await stack.enter_async_context(client(u, total)) for u in urls]
+        cs = [await stack.enter_async_context(
+                  cookieless_client(u, connections=total, timeout=30)) for u in urls]
         responses = await asyncio.gather(
             *(cs[i % len(cs)].get("/api/echo", headers=headers) for i in range(total)))
     after = backend.stats()
@@ -259,7 +232,7 @@ async def refresh_storm(backend: Backend, urls: Sequence[str], total: int) -> St
         refreshes=delta(before, after, "refresh"),
         refresh_ok=delta(before, after, "refresh_ok"),
         refresh_rejected=delta(before, after, "refresh_rejected"),
-        cleared=sum(cleared(r) for r in responses),
+        cleared=sum(clears_any(r) for r in responses),
         new_tokens=new_tokens,
         responses=responses,
     )
@@ -385,7 +358,7 @@ async def test_stale_tab_on_another_replica_gets_grace(redis_replicas: list[Gate
         assert response.status_code == 200, response.text
         assert response.headers.get_list("x-refreshed-token") == [new]
         assert cookie_value(set_cookies(response)[ACCESS]) == new
-        assert not cleared(response)
+        assert not clears_any(response)
         seen = upstream_saw(response)
         assert seen["authorization"] == [f"Bearer {new}"]
         assert seen["x-refreshed-token"] == [new]
@@ -399,7 +372,7 @@ async def test_memory_stale_tab_on_another_replica(memory_replicas: list[Gateway
     _, stale, refreshes = await stale_tab(backend, memory_replicas)
     report(f"3 memory: stale credential on {len(stale)} other replicas: statuses="
            f"{[r.status_code for r in stale]} extra backend refreshes={refreshes} "
-           f"cleared={sum(cleared(r) for r in stale)}")
+           f"cleared={sum(clears_any(r) for r in stale)}")
     assert refreshes >= 1
 
 
@@ -408,7 +381,7 @@ async def test_memory_stale_tab_on_another_replica(memory_replicas: list[Gateway
 
 async def wait_ready(url: str, status: int, timeout: float) -> int:
     deadline = time.monotonic() + timeout
-    async with client(url) as c:
+    async with cookieless_client(url, connections=100, timeout=30) as c:
         while True:
             answer = (await c.get("/__gateway/ready")).status_code
             if answer == status or time.monotonic() > deadline:
