@@ -21,7 +21,9 @@ import httpx
 import pytest
 
 from tests.conftest import Backend
-from tests.e2e.test_shared_state import (
+from tests.helpers.chaos import DelayRelay, busy_cpu, kill_and_restart, stall
+from tests.helpers.replies import clears_any, cookie_value, cookieless_client, set_cookies
+from tests.helpers.shared_state import (
     ACCESS,
     GatewayProcess,
     cluster,
@@ -30,8 +32,6 @@ from tests.e2e.test_shared_state import (
     report,
     wait_ready,
 )
-from tests.helpers.chaos import DelayRelay, busy_cpu, kill_and_restart, stall
-from tests.helpers.replies import clears_any, cookie_value, cookieless_client, set_cookies
 from tests.redis_server import RedisServer, redis_or_skip
 
 BURST = 120

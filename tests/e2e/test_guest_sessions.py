@@ -2,8 +2,7 @@
 in both guest modes: a guest token never satisfies a ``user`` route, a cleared or dead session
 becomes a guest (reusing the guest cookie it has), and login removes the guest cookie.
 
-Cookies are always sent by hand (``cookie`` header): the gateway's cookies are ``Secure`` and
-the tests speak plain HTTP, so a client cookie jar would not send them anyway.
+Cookies are sent by hand (``cookie`` header), for the reason given in test_guest.py.
 """
 
 from __future__ import annotations

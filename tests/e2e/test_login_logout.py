@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import Backend, MakeGateway, StartGateway
+from tests.conftest import Backend, MakeGateway, RunningGateway, StartGateway
 from tests.helpers.replies import (
     assert_cleared,
     assert_no_raw_tokens,
@@ -423,6 +423,16 @@ async def test_login_reply_too_big_or_undecodable_passes_through(
     assert gw.events("auth.login") == []
 
 
+async def _login_answered_with(make_gateway: MakeGateway, body: bytes
+                               ) -> tuple[RunningGateway, httpx.Response]:
+    """A login through a gateway whose upstream answers every request with ``body``."""
+    with serving(fixed_reply_app(body)) as upstream:
+        gw = make_gateway('[auth.login]\npath = "/auth/login"\n[cookies]\nsecure = false\n',
+                          upstream=upstream.url)
+        async with cookieless_client(gw.url) as c:
+            return gw, await c.post("/auth/login", json=DEMO)
+
+
 @pytest.mark.parametrize("access", [
     "aaa; Domain=evil.test", "aaa, other=1", "t\u00f6ken", "a b", "x" * 9000,
 ], ids=["attribute-injection", "comma", "non-ascii", "space", "too-long"])
@@ -431,11 +441,7 @@ async def test_login_reply_with_an_unusable_token_sets_no_cookie(
     """A token value goes into Set-Cookie as is: one with ';' would add attributes (a
     Domain of the attacker's choosing), one with non-ASCII used to be a 500."""
     body = json.dumps({"data": {"accessToken": access, "refreshToken": "r.e.f"}}).encode()
-    with serving(fixed_reply_app(body)) as upstream:
-        gw = make_gateway('[auth.login]\npath = "/auth/login"\n[cookies]\nsecure = false\n',
-                          upstream=upstream.url)
-        async with cookieless_client(gw.url) as c:
-            reply = await c.post("/auth/login", json=DEMO)
+    gw, reply = await _login_answered_with(make_gateway, body)
     assert reply.status_code == 200
     assert reply.headers.get_list("set-cookie") == []
     assert [(e["outcome"], e["reason"]) for e in gw.events("auth.login")] == [
@@ -461,11 +467,7 @@ async def test_login_reply_nested_too_deep_to_parse_passes_through(
     """A 2xx login reply nested deeper than the JSON parser goes (json.loads raises
     RecursionError, not ValueError) is no login reply: passed on as it came, not a 500."""
     body = b"[" * 100_000 + b"]" * 100_000
-    with serving(fixed_reply_app(body)) as upstream:
-        gw = make_gateway('[auth.login]\npath = "/auth/login"\n[cookies]\nsecure = false\n',
-                          upstream=upstream.url)
-        async with cookieless_client(gw.url) as c:
-            reply = await c.post("/auth/login", json=DEMO)
+    _, reply = await _login_answered_with(make_gateway, body)
     assert reply.status_code == 200
     assert reply.content == body
     assert reply.headers.get_list("set-cookie") == []
