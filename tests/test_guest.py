@@ -12,57 +12,26 @@ import base64
 import json
 import time
 import uuid
-from typing import Any, cast
+from typing import Any
 
 import jwt
 import pytest
 
 from gateway.app import create_app, environment_problems
-from gateway.authclient import AuthClient, AuthReply, BackendUnavailable
+from gateway.authclient import AuthReply, BackendUnavailable
 from gateway.guest import MIN_SECRET_BYTES, GuestIssuer, GuestLimited, guest_identity
-from gateway.settings import Settings, SettingsError, settings_from_mapping
-from gateway.state import MemoryStore
-from tests.helpers.guest import FORGERS, SECRET, SECRET_ENV, WRONG_SECRET, guest_claims, sign
-
-
-def make_settings(**guest: Any) -> Settings:
-    return settings_from_mapping({"upstream": {"url": "http://127.0.0.1:9"},
-                                  "guest": {"enabled": True, **guest}})
-
-
-class FakeAuthClient:
-    """Stands in for :class:`AuthClient`: records calls, optionally holds them at a gate."""
-
-    def __init__(self, reply: AuthReply | None = None, *,
-                 error: BackendUnavailable | None = None) -> None:
-        self.reply = reply
-        self.error = error
-        self.calls: list[dict[str, Any]] = []
-        self.in_flight = 0
-        self.peak = 0
-        self.gate: asyncio.Event | None = None
-
-    async def call(self, method: str, path: str, *, headers: Any = None,
-                   json_body: Any = None, endpoint: str = "other") -> AuthReply:
-        assert endpoint == "guest"  # timed as a guest call in the metrics
-        self.calls.append({"method": method, "path": path, "json_body": json_body})
-        self.in_flight += 1
-        self.peak = max(self.peak, self.in_flight)
-        try:
-            if self.gate is not None:
-                await self.gate.wait()
-            if self.error is not None:
-                raise self.error
-            if self.reply is not None:
-                return self.reply
-            token = sign(guest_claims(), WRONG_SECRET)  # the backend's own key
-            return AuthReply(200, {"success": True, "data": {"accessToken": token}})
-        finally:
-            self.in_flight -= 1
-
-
-def make_issuer(settings: Settings, fake: FakeAuthClient | None = None) -> GuestIssuer:
-    return GuestIssuer(settings, cast(AuthClient, fake or FakeAuthClient()), MemoryStore())
+from gateway.settings import SettingsError, settings_from_mapping
+from tests.helpers.guest import (
+    FORGERS,
+    SECRET,
+    SECRET_ENV,
+    WRONG_SECRET,
+    FakeAuthClient,
+    guest_claims,
+    make_issuer,
+    make_settings,
+    sign,
+)
 
 
 def backend_issuer(fake: FakeAuthClient, **guest: Any) -> GuestIssuer:

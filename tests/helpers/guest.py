@@ -1,20 +1,26 @@
 """What the guest tests share (docs/behaviour.md#guests): signing keys, right and forged guest
-tokens, the gateway configs of both guest modes and a few ways to talk to them."""
+tokens, a GuestIssuer for the unit tests (its auth client a stand-in that records calls), the
+gateway configs of both guest modes and a few ways to talk to them."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import time
 import uuid
 import warnings
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import jwt
 import pytest
 
+from gateway.authclient import AuthClient, AuthReply, BackendUnavailable
+from gateway.guest import GuestIssuer
+from gateway.settings import Settings, settings_from_mapping
+from gateway.state import MemoryStore
 from tests.conftest import Backend, MakeGateway, RunningGateway
 from tests.helpers.replies import XHR, set_cookie_value
 
@@ -120,6 +126,49 @@ enabled = true
 mode = "local"
 ttl_s = {ttl_s}
 """ + ROUTES
+
+
+# -- an issuer for the unit tests ----------------------------------------------------------------
+
+
+def make_settings(**guest: Any) -> Settings:
+    return settings_from_mapping({"upstream": {"url": "http://127.0.0.1:9"},
+                                  "guest": {"enabled": True, **guest}})
+
+
+class FakeAuthClient:
+    """Stands in for :class:`AuthClient`: records calls, optionally holds them at a gate."""
+
+    def __init__(self, reply: AuthReply | None = None, *,
+                 error: BackendUnavailable | None = None) -> None:
+        self.reply = reply
+        self.error = error
+        self.calls: list[dict[str, Any]] = []
+        self.in_flight = 0
+        self.peak = 0
+        self.gate: asyncio.Event | None = None
+
+    async def call(self, method: str, path: str, *, headers: Any = None,
+                   json_body: Any = None, endpoint: str = "other") -> AuthReply:
+        assert endpoint == "guest"  # timed as a guest call in the metrics
+        self.calls.append({"method": method, "path": path, "json_body": json_body})
+        self.in_flight += 1
+        self.peak = max(self.peak, self.in_flight)
+        try:
+            if self.gate is not None:
+                await self.gate.wait()
+            if self.error is not None:
+                raise self.error
+            if self.reply is not None:
+                return self.reply
+            token = sign(guest_claims(), WRONG_SECRET)  # the backend's own key
+            return AuthReply(200, {"success": True, "data": {"accessToken": token}})
+        finally:
+            self.in_flight -= 1
+
+
+def make_issuer(settings: Settings, fake: FakeAuthClient | None = None) -> GuestIssuer:
+    return GuestIssuer(settings, cast(AuthClient, fake or FakeAuthClient()), MemoryStore())
 
 
 # -- talking to a gateway with guests -------------------------------------------------------------
