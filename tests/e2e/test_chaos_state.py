@@ -22,9 +22,8 @@ import pytest
 
 from tests.conftest import Backend
 from tests.helpers.chaos import DelayRelay, busy_cpu, kill_and_restart, stall
-from tests.helpers.replies import clears_any, cookie_value, cookieless_client, set_cookies
+from tests.helpers.replies import ACCESS, clears_any, cookie_value, cookieless_client, set_cookies
 from tests.helpers.shared_state import (
-    ACCESS,
     GatewayProcess,
     cluster,
     delta,

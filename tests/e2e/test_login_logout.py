@@ -17,6 +17,9 @@ import pytest
 
 from tests.conftest import Backend, MakeGateway, RunningGateway, StartGateway
 from tests.helpers.replies import (
+    ACCESS,
+    GUEST,
+    REFRESH,
     assert_cleared,
     assert_no_raw_tokens,
     attributes,
@@ -29,7 +32,6 @@ from tests.helpers.replies import (
 )
 from tests.servers import fixed_reply_app, serving
 
-ACCESS, REFRESH, GUEST = "userToken", "refreshToken", "guestToken"
 DEMO = {"email": "demo@example.com", "password": "demo-password"}
 WRONG = {"email": "demo@example.com", "password": "not-the-password"}
 

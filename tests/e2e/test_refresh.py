@@ -18,6 +18,8 @@ import pytest
 
 from tests.conftest import Backend, StartGateway
 from tests.helpers.replies import (
+    ACCESS,
+    REFRESH,
     assert_cleared,
     assert_no_raw_tokens,
     assert_nothing_cleared,
@@ -30,7 +32,6 @@ from tests.helpers.replies import (
 )
 from tests.servers import free_port
 
-ACCESS, REFRESH, GUEST = "userToken", "refreshToken", "guestToken"
 CONCURRENCY = 50
 
 

@@ -26,6 +26,8 @@ import redis
 
 from tests.conftest import Backend
 from tests.helpers.replies import (
+    ACCESS,
+    REFRESH,
     clears_any,
     cookie_value,
     cookieless_client,
@@ -34,9 +36,7 @@ from tests.helpers.replies import (
     upstream_saw,
 )
 from tests.helpers.shared_state import (
-    ACCESS,
     MEMORY_STATE,
-    REFRESH,
     REPLICAS,
     STARTUP_S,
     STATE_KEY,

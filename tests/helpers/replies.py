@@ -14,6 +14,9 @@ from typing import Any, Protocol
 
 import httpx
 
+#: The cookie names of ``[cookies]`` by default (gateway.toml.example): access, refresh, guest.
+ACCESS, REFRESH, GUEST = "userToken", "refreshToken", "guestToken"
+
 #: What a browser navigating and a script calling an API send as ``accept`` (and more): the
 #: gateway answers an unauthenticated request with a redirect or with a JSON 401.
 BROWSER = {"accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"}

@@ -22,7 +22,6 @@ from tests.helpers.replies import cookieless_client
 from tests.redis_server import RedisServer
 from tests.servers import ServerProcess, free_port, python_module
 
-ACCESS, REFRESH = "userToken", "refreshToken"
 STATE_KEY = secrets.token_hex(32)
 REPLICAS = 4
 #: How long a gateway process may take to answer its health check. Generous on purpose: on a
