@@ -14,6 +14,7 @@ import pytest
 from gateway.app import Gateway, create_app
 from gateway.demo import BackendOptions, create_backend, create_control
 from gateway.settings import settings_from_mapping
+from tests.helpers.audit import read_events
 from tests.servers import ServerThread
 
 
@@ -70,9 +71,12 @@ class Backend:
     def configure(self, **options: float) -> None:
         httpx.post(self.control_url + "/__demo/config", json=options).raise_for_status()
 
-    def token(self, user_id: int | str = 1, typ: str = "access", ttl_s: float = 900) -> str:
+    def token(self, user_id: int | str = 1, typ: str = "access", ttl_s: float = 900,
+              age_s: float = 0.0) -> str:
+        """A token the backend signs; ``age_s`` backdates its issue time."""
         reply = httpx.post(self.control_url + "/__demo/token",
-                           json={"user_id": user_id, "typ": typ, "ttl_s": ttl_s})
+                           json={"user_id": user_id, "typ": typ, "ttl_s": ttl_s,
+                                 "age_s": age_s})
         reply.raise_for_status()
         return str(reply.json()["token"])
 
@@ -94,11 +98,7 @@ class RunningGateway:
         self.audit_path = audit_path
 
     def events(self, name: str | None = None) -> list[dict[str, Any]]:
-        if not self.audit_path.exists():
-            return []
-        lines = self.audit_path.read_text().splitlines()
-        events = [json.loads(line) for line in lines if line.strip()]
-        return [e for e in events if name is None or e["event"] == name]
+        return read_events(self.audit_path, name)
 
     def client(self, **kwargs: Any) -> httpx.AsyncClient:
         return httpx.AsyncClient(base_url=self.url, **kwargs)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -15,6 +14,7 @@ import jwt
 import pytest
 
 from gateway.audit import REDACTED, AuditLog, token_fp
+from tests.helpers.audit import emit_from_threads, read_events
 
 JWT = jwt.encode({"sub": "1", "exp": 4102444800}, "s" * 32, algorithm="HS256")
 OPAQUE = "opaque0123456789abcdefOPAQUE"  # long enough to count as a bearer secret
@@ -28,16 +28,11 @@ def sink(tmp_path: Path) -> Iterator[tuple[AuditLog, Path]]:
     log.close()
 
 
-def read(path: Path) -> list[dict[str, Any]]:
-    lines = path.read_text(encoding="utf-8").splitlines()
-    return [json.loads(line) for line in lines]
-
-
 def emit_one(sink: tuple[AuditLog, Path], event: str = "auth.test", **fields: Any
              ) -> dict[str, Any]:
     log, path = sink
     log.emit(event, **fields)
-    return read(path)[-1]
+    return read_events(path)[-1]
 
 
 # --------------------------------------------------------------------------
@@ -80,22 +75,14 @@ def test_file_sink_appends(tmp_path: Path) -> None:
     log = AuditLog(str(path))
     log.emit("later")
     log.close()
-    assert [r["event"] for r in read(path)] == ["earlier", "later"]
+    assert [r["event"] for r in read_events(path)] == ["earlier", "later"]
 
 
 def test_lines_never_interleave_across_threads(sink: tuple[AuditLog, Path]) -> None:
     log, path = sink
 
-    def writer(n: int) -> None:
-        for i in range(50):
-            log.emit("auth.validated", request_id=f"{n}-{i}", detail="x" * 500)
-
-    threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    records = read(path)
+    emit_from_threads(log, threads=4, events=50, detail="x" * 500)
+    records = read_events(path)
     assert len(records) == 200
     assert len({r["request_id"] for r in records}) == 200
 

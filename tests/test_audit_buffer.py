@@ -4,35 +4,28 @@ that still catches every secret the full scan caught."""
 
 from __future__ import annotations
 
-import json
 import threading
 from pathlib import Path
-from typing import Any
 
 import jwt
 
 from gateway.audit import REDACTED, AuditLog
+from tests.helpers.audit import emit_from_threads, read_events
 
 JWT = jwt.encode({"sub": "1", "exp": 4102444800}, "s" * 32, algorithm="HS256")
 OPAQUE = "opaque0123456789abcdefOPAQUE"
-
-
-def lines(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
 def test_buffered_lines_are_written_by_flush_and_close(tmp_path: Path) -> None:
     path = tmp_path / "audit.jsonl"
     log = AuditLog(str(path), flush_interval_s=60)  # the timer never fires in this test
     log.emit("auth.denied", request_id="r1", outcome="unauthenticated")
-    assert lines(path) == []  # held in memory: no write per event
+    assert read_events(path) == []  # held in memory: no write per event
     log.flush()
-    assert [e["request_id"] for e in lines(path)] == ["r1"]
+    assert [e["request_id"] for e in read_events(path)] == ["r1"]
     log.emit("auth.denied", request_id="r2", outcome="unauthenticated")
     log.close()
-    assert [e["request_id"] for e in lines(path)] == ["r1", "r2"]
+    assert [e["request_id"] for e in read_events(path)] == ["r1", "r2"]
 
 
 def test_the_timer_writes_buffered_lines(tmp_path: Path) -> None:
@@ -42,11 +35,11 @@ def test_the_timer_writes_buffered_lines(tmp_path: Path) -> None:
         log.emit("auth.login", request_id="r1", outcome="ok")
         finished = threading.Event()
         for _ in range(200):  # up to 10 s on a loaded machine
-            if lines(path):
+            if read_events(path):
                 finished.set()
                 break
             finished.wait(0.05)
-        assert [e["request_id"] for e in lines(path)] == ["r1"]
+        assert [e["request_id"] for e in read_events(path)] == ["r1"]
     finally:
         log.close()
 
@@ -56,28 +49,20 @@ def test_a_full_buffer_is_written_without_waiting_for_the_timer(tmp_path: Path) 
     log = AuditLog(str(path), flush_interval_s=60)
     for i in range(200):
         log.emit("auth.validated", request_id=f"r{i}", detail="x" * 500)
-    written = lines(path)
+    written = read_events(path)
     assert written  # 200 lines of ~560 bytes passed the 64 KiB bound
     assert [e["request_id"] for e in written] == [f"r{i}" for i in range(len(written))]
     log.close()
-    assert len(lines(path)) == 200
+    assert len(read_events(path)) == 200
 
 
 def test_no_line_is_lost_or_split_while_threads_emit_during_flushes(tmp_path: Path) -> None:
     path = tmp_path / "audit.jsonl"
     log = AuditLog(str(path), flush_interval_s=0.001)
 
-    def writer(n: int) -> None:
-        for i in range(500):
-            log.emit("auth.validated", request_id=f"{n}-{i}", detail="y" * 200)
-
-    threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    emit_from_threads(log, threads=4, events=500, detail="y" * 200)
     log.close()
-    records = lines(path)
+    records = read_events(path)
     assert len(records) == 2000
     assert len({r["request_id"] for r in records}) == 2000
 
@@ -93,8 +78,9 @@ def test_cache_hits_are_counted_but_not_written_unless_asked(tmp_path: Path) -> 
         log.emit("auth.validated", request_id="r3", outcome="valid", cache="merged")
         log.emit("auth.denied", request_id="r4", outcome="forbidden", cache="hit")
         log.close()
-    assert [e["request_id"] for e in lines(tmp_path / "quiet.jsonl")] == ["r1", "r3", "r4"]
-    assert [e["request_id"] for e in lines(tmp_path / "loud.jsonl")] == ["r1", "r2", "r3", "r4"]
+    assert [e["request_id"] for e in read_events(tmp_path / "quiet.jsonl")] == ["r1", "r3", "r4"]
+    assert [e["request_id"] for e in read_events(tmp_path / "loud.jsonl")] == [
+        "r1", "r2", "r3", "r4"]
     assert counted == [("auth.validated", "valid")] * 3 + [("auth.denied", "forbidden")]
 
 
@@ -108,7 +94,7 @@ def test_secrets_in_free_text_are_caught_whatever_the_spacing(tmp_path: Path) ->
     log.close()
     text = path.read_text(encoding="utf-8")
     assert JWT not in text and OPAQUE not in text
-    record = lines(path)[0]
+    record = read_events(path)[0]
     assert record["request_id"] == REDACTED
     assert record["e"] == "short id" and record["f"] == "/api/items/42"
 
@@ -118,6 +104,6 @@ def test_values_of_other_types_are_rendered_and_scrubbed(tmp_path: Path) -> None
     log = AuditLog(str(path))
     log.emit("auth.test", n=3, x=1.5, ok=False, none=None, obj=Path(f"/tmp/{JWT}"))
     log.close()
-    record = lines(path)[0]
+    record = read_events(path)[0]
     assert (record["n"], record["x"], record["ok"], record["none"]) == (3, 1.5, False, None)
     assert JWT not in record["obj"] and REDACTED in record["obj"]

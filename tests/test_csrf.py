@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from gateway.csrf import CsrfGuard, canonical_origin
-from gateway.proxy import TrustedProxies
+from gateway.request import TrustedProxies
 from gateway.settings import settings_from_mapping
 
 

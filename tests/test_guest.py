@@ -12,135 +12,26 @@ import base64
 import json
 import time
 import uuid
-import warnings
-from collections.abc import Callable
-from typing import Any, cast
+from typing import Any
 
 import jwt
 import pytest
 
 from gateway.app import create_app, environment_problems
-from gateway.authclient import AuthClient, AuthReply, BackendUnavailable
-from gateway.guest import (
-    MIN_SECRET_BYTES,
-    GuestIssuer,
-    GuestLimited,
-    guest_identity,
+from gateway.authclient import AuthReply, BackendUnavailable
+from gateway.guest import MIN_SECRET_BYTES, GuestIssuer, GuestLimited, guest_identity
+from gateway.settings import SettingsError, settings_from_mapping
+from tests.helpers.guest import (
+    FORGERS,
+    SECRET,
+    SECRET_ENV,
+    WRONG_SECRET,
+    FakeAuthClient,
+    guest_claims,
+    make_issuer,
+    make_settings,
+    sign,
 )
-from gateway.settings import Settings, SettingsError, settings_from_mapping
-from gateway.state import MemoryStore
-
-SECRET = "local-guest-signing-key-0123456789abcdef"  # 40 bytes
-WRONG_SECRET = "a-different-signing-key-0123456789abcdef"
-SECRET_ENV = "GATEWAY_GUEST_SECRET"
-
-
-# --------------------------------------------------------------------------
-# helpers (also used by the real-socket tests)
-# --------------------------------------------------------------------------
-
-
-def b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def unsigned_jwt(header: dict[str, Any], payload: dict[str, Any], signature: str = "") -> str:
-    """A JWT written by hand (for ``alg: none`` and other shapes pyjwt will not produce)."""
-    return ".".join([b64url(json.dumps(header).encode()), b64url(json.dumps(payload).encode()),
-                     signature])
-
-
-def guest_claims(sub: str | None = None, typ: str = "guest", ttl_s: int = 600,
-                 age_s: int = 0) -> dict[str, Any]:
-    now = int(time.time()) - age_s
-    return {"sub": sub or f"guest:{uuid.uuid4()}", "typ": typ, "iat": now, "exp": now + ttl_s}
-
-
-def sign(claims: dict[str, Any], key: str = SECRET, algorithm: str = "HS256") -> str:
-    with warnings.catch_warnings():  # HS512 with a 40-byte key: short, but that is the point
-        warnings.simplefilter("ignore", jwt.warnings.InsecureKeyLengthWarning)
-        return jwt.encode(claims, key, algorithm=algorithm)
-
-
-def _truncated(key: str) -> str:
-    token = sign(guest_claims(), key)
-    return token[:-5]
-
-
-#: name -> a factory of a forged guest token, given the gateway's real key.
-FORGERS: dict[str, Callable[[str], str]] = {
-    "wrong_key": lambda key: sign(guest_claims("guest:forged-wrong-key"), WRONG_SECRET),
-    "alg_none": lambda key: unsigned_jwt({"alg": "none", "typ": "JWT"},
-                                         guest_claims("guest:forged-alg-none")),
-    "alg_none_with_signature": lambda key: unsigned_jwt(
-        {"alg": "none", "typ": "JWT"}, guest_claims("guest:forged-none-sig"),
-        sign(guest_claims(), key).split(".")[2]),
-    "hs512_right_key": lambda key: sign(guest_claims("guest:forged-hs512"), key, "HS512"),
-    "expired": lambda key: sign(guest_claims("guest:forged-expired", ttl_s=60, age_s=120), key),
-    "typ_user_wrong_key": lambda key: sign(guest_claims("1", typ="user"), WRONG_SECRET),
-    "typ_user_right_key": lambda key: sign(guest_claims("guest:forged-typ-user", typ="user"),
-                                           key),
-    "typ_missing_right_key": lambda key: sign(
-        {k: v for k, v in guest_claims("guest:forged-no-typ").items() if k != "typ"}, key),
-    "sub_not_guest": lambda key: sign(guest_claims("1"), key),
-    "sub_admin": lambda key: sign(guest_claims("admin"), key),
-    "sub_not_string": lambda key: sign({**guest_claims(), "sub": 12345}, key),
-    "no_exp": lambda key: sign(
-        {k: v for k, v in guest_claims("guest:forged-no-exp").items() if k != "exp"}, key),
-    "garbage": lambda key: "garbage-not-a-jwt",
-    "three_garbage_parts": lambda key: "aaaa.bbbb.cccc",
-    "truncated_signature": _truncated,
-    "signature_stripped": lambda key: sign(guest_claims("guest:forged-stripped"), key)
-    .rsplit(".", 1)[0] + ".",
-}
-
-
-def forged_sub(token: str) -> Any:
-    """The ``sub`` a forged token claims (None when it has no readable payload)."""
-    try:
-        return jwt.decode(token, options={"verify_signature": False}).get("sub")
-    except jwt.PyJWTError:
-        return None
-
-
-def make_settings(**guest: Any) -> Settings:
-    return settings_from_mapping({"upstream": {"url": "http://127.0.0.1:9"},
-                                  "guest": {"enabled": True, **guest}})
-
-
-class FakeAuthClient:
-    """Stands in for :class:`AuthClient`: records calls, optionally holds them at a gate."""
-
-    def __init__(self, reply: AuthReply | None = None, *,
-                 error: BackendUnavailable | None = None) -> None:
-        self.reply = reply
-        self.error = error
-        self.calls: list[dict[str, Any]] = []
-        self.in_flight = 0
-        self.peak = 0
-        self.gate: asyncio.Event | None = None
-
-    async def call(self, method: str, path: str, *, headers: Any = None,
-                   json_body: Any = None, endpoint: str = "other") -> AuthReply:
-        assert endpoint == "guest"  # timed as a guest call in the metrics
-        self.calls.append({"method": method, "path": path, "json_body": json_body})
-        self.in_flight += 1
-        self.peak = max(self.peak, self.in_flight)
-        try:
-            if self.gate is not None:
-                await self.gate.wait()
-            if self.error is not None:
-                raise self.error
-            if self.reply is not None:
-                return self.reply
-            token = sign(guest_claims(), WRONG_SECRET)  # the backend's own key
-            return AuthReply(200, {"success": True, "data": {"accessToken": token}})
-        finally:
-            self.in_flight -= 1
-
-
-def make_issuer(settings: Settings, fake: FakeAuthClient | None = None) -> GuestIssuer:
-    return GuestIssuer(settings, cast(AuthClient, fake or FakeAuthClient()), MemoryStore())
 
 
 def backend_issuer(fake: FakeAuthClient, **guest: Any) -> GuestIssuer:

@@ -10,7 +10,7 @@ import pytest
 
 from gateway import guest as guest_module
 from gateway.guest import GuestIssuer
-from tests.test_guest import SECRET, SECRET_ENV, WRONG_SECRET, make_issuer, make_settings
+from tests.helpers.guest import SECRET, SECRET_ENV, WRONG_SECRET, make_issuer, make_settings
 
 
 @pytest.fixture

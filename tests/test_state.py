@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import json
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -26,6 +25,8 @@ from gateway.state.redis import RedisStore, state_key_material
 from gateway.tokens import FoundToken
 from gateway.validation import Validator
 from tests.conftest import Backend
+from tests.helpers.audit import read_events
+from tests.helpers.state import Stores, eventually
 from tests.redis_server import RedisServer, redis_binary, redis_or_skip
 from tests.servers import free_port
 
@@ -59,8 +60,7 @@ async def make_store(redis_server: RedisServer, raw: redis.Redis, tmp_path: Path
                      monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[MakeStore]:
     """``await make_store(material=..., url=...)``: a started RedisStore on an emptied server;
     each one has its own connection pool, like a separate worker process."""
-    stores: list[RedisStore] = []
-    audits: list[AuditLog] = []
+    stores = Stores(tmp_path)
 
     async def factory(material: str = "a" * 64, url: str | None = None,
                       audit_path: Path | None = None, cls: type[RedisStore] = RedisStore,
@@ -72,25 +72,10 @@ async def make_store(redis_server: RedisServer, raw: redis.Redis, tmp_path: Path
             "state": {"backend": "redis", "redis_url": url or redis_server.url,
                       "key_env": env},
         })
-        audit = AuditLog(str(audit_path or tmp_path / f"audit-{len(stores)}.jsonl"))
-        store = cls(settings, audit)
-        await store.start()
-        stores.append(store)
-        audits.append(audit)
-        return store
+        return await stores.start(settings, audit_path=audit_path, cls=cls)
 
     yield factory
-    for store in stores:
-        await store.close()
-    for audit in audits:
-        audit.close()
-
-
-async def wait_for_state(store: RedisStore, state: str, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while store.state != state and time.monotonic() < deadline:
-        await asyncio.sleep(0.02)
-    assert store.state == state
+    await stores.close()
 
 
 def all_entries(client: redis.Redis) -> dict[bytes, bytes]:
@@ -334,7 +319,7 @@ async def test_redis_unreachable_degrades_to_memory_once(make_store: MakeStore,
     audit_path = tmp_path / "degraded.jsonl"
     store = await make_store(url=f"redis://127.0.0.1:{free_port()}/0", audit_path=audit_path)
     assert not store.healthy and not store.trusted
-    await wait_for_state(store, "degraded")  # the failed start, confirmed by a probe
+    await eventually(lambda: store.state == "degraded")  # the failed start, confirmed by a probe
     # Still serves, from per-process state.
     await store.set(b"k", b"v", 10)
     assert await store.get(b"k") == b"v"
@@ -342,7 +327,7 @@ async def test_redis_unreachable_degrades_to_memory_once(make_store: MakeStore,
     assert not await store.claim(b"lock", 10)
     await store.release(b"lock")
     assert not await store.held(b"lock")
-    events = [json.loads(line) for line in audit_path.read_text().splitlines()]
+    events = read_events(audit_path)
     assert [e["event"] for e in events] == ["state.suspect", "state.degraded"]
     assert {e["backend"] for e in events} == {"redis"}
 
@@ -383,7 +368,7 @@ async def test_redis_recovers_after_restart(make_store: MakeStore, tmp_path: Pat
         assert store.healthy
         await store.set(b"k", b"shared", 10)
         assert await store.get(b"k") == b"shared"
-        events = [json.loads(line)["event"] for line in audit_path.read_text().splitlines()]
+        events = [e["event"] for e in read_events(audit_path)]
         assert events == ["state.suspect", "state.degraded", "state.recovered"]
 
 
@@ -456,7 +441,6 @@ async def test_shared_flight_failure_releases_for_a_waiter(make_store: MakeStore
     assert value == b"second" and work.runs == 1
     with pytest.raises(RuntimeError):
         await first
-
 
 
 # -- the caller's check and the flight's claim, raced across two "processes" --------------------

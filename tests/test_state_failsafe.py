@@ -27,6 +27,7 @@ from gateway.state.base import StateUnavailable
 from gateway.state.redis import RedisStore
 from gateway.validation import GUEST_MARK, Validator
 from tests.conftest import Backend
+from tests.helpers.state import Stores, eventually
 from tests.redis_server import RedisServer, ping, redis_binary
 from tests.servers import free_port
 
@@ -50,26 +51,17 @@ MakeStore = Callable[..., Awaitable[RedisStore]]
 async def make_store(private_redis: RedisServer, tmp_path: Path, backend: Backend,
                      monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[MakeStore]:
     monkeypatch.setenv(KEY_ENV, "k" * 64)
-    stores: list[RedisStore] = []
-    audits: list[AuditLog] = []
+    stores = Stores(tmp_path)
 
     async def factory(**state: Any) -> RedisStore:
         settings = settings_from_mapping({
             "upstream": {"url": backend.url},
             "state": {"backend": "redis", "redis_url": private_redis.url, "key_env": KEY_ENV,
                       **state}})
-        audit = AuditLog(str(tmp_path / f"audit-{len(stores)}.jsonl"))
-        store = RedisStore(settings, audit)
-        await store.start()
-        stores.append(store)
-        audits.append(audit)
-        return store
+        return await stores.start(settings)
 
     yield factory
-    for store in stores:
-        await store.close()
-    for audit in audits:
-        audit.close()
+    await stores.close()
 
 
 @contextlib.asynccontextmanager
@@ -90,13 +82,6 @@ def rotate_elsewhere(backend: Backend, credential: str) -> str:
                        headers={"authorization": f"Bearer {credential}"})
     assert reply.status_code == 200, reply.text
     return str(reply.json()["data"]["accessToken"])
-
-
-async def wait_for(predicate: Callable[[], bool], timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate() and time.monotonic() < deadline:
-        await asyncio.sleep(0.02)
-    assert predicate()
 
 
 async def test_an_event_loop_stall_is_not_an_outage(make_store: MakeStore) -> None:
@@ -138,7 +123,7 @@ async def test_rejection_after_trouble_is_503_until_settled(
     private_redis.kill()
     await a.set(b"k:1", b"v", 30)  # fails: A is suspect, then degraded
     private_redis.start()
-    await wait_for(lambda: a.state == "recovering")
+    await eventually(lambda: a.state == "recovering")
     old = backend.token(user_id=1, ttl_s=-60)
     rotate_elsewhere(backend, old)
     async with refresher_on(b, backend) as refresher:
@@ -193,7 +178,7 @@ async def test_grace_entries_are_written_back_after_a_restart(
     private_redis.kill()
     private_redis.start()
     # A notices on its own (its liveness key is gone), probes, writes its grace back.
-    await wait_for(lambda: a.state == "recovering", 15)
+    await eventually(lambda: a.state == "recovering", 15)
     async with refresher_on(b, backend) as refresher_b:
         stale = await refresher_b.refresh(old)
     assert stale.via == "grace" and stale.refreshed is not None

@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
 import json
 import re
 import shutil
 import subprocess
 import time
-from http.cookiejar import CookieJar, DefaultCookiePolicy
 from pathlib import Path
 from typing import Any
 
@@ -19,21 +17,11 @@ import httpx
 import pytest
 
 from tests.conftest import Backend, RunningGateway, StartGateway
+from tests.helpers.replies import cookie_value, cookieless_client, fp, set_cookies
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMON = ("event", "timestamp", "request_id", "client_ip", "method", "path", "outcome")
 WRONG_PASSWORD = "not-the-password-7f3a"
-
-
-def fp(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()[:12]
-
-
-def _cookie(response: httpx.Response, name: str) -> str:
-    for header in response.headers.get_list("set-cookie"):
-        if header.startswith(name + "="):
-            return header.split(";", 1)[0].split("=", 1)[1]
-    raise AssertionError(f"no {name} cookie")
 
 
 def _exp(token: str) -> float:
@@ -49,8 +37,7 @@ def _pick(event: dict[str, Any], *keys: str) -> dict[str, Any]:
 
 async def _request(gateway: RunningGateway, method: str, path: str, request_id: str,
                    **kwargs: Any) -> httpx.Response:
-    jar = CookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
-    async with httpx.AsyncClient(base_url=gateway.url, cookies=jar, timeout=20) as client:
+    async with cookieless_client(gateway.url) as client:
         headers = {"accept": "application/json", "x-request-id": request_id,
                    **kwargs.pop("headers", {})}
         return await client.request(method, path, headers=headers, **kwargs)
@@ -72,7 +59,7 @@ async def run_session(start: StartGateway, backend: Backend) -> tuple[RunningGat
         login = await _request(gateway, "POST", "/auth/login", "r2-login",
                                json={"email": "demo@example.com", "password": "demo-password"})
         assert login.status_code == 200
-        first = _cookie(login, "userToken")
+        first = cookie_value(set_cookies(login)["userToken"])
         items = await _request(gateway, "GET", "/api/items", "r3-items",
                                headers={"cookie": f"userToken={first}"})
         assert items.status_code == 200
@@ -81,7 +68,7 @@ async def run_session(start: StartGateway, backend: Backend) -> tuple[RunningGat
         refreshed = await _request(gateway, "GET", "/api/items", "r4-refresh",
                                    headers={"cookie": f"userToken={first}"})
         assert refreshed.status_code == 200
-        second = _cookie(refreshed, "userToken")
+        second = cookie_value(set_cookies(refreshed)["userToken"])
         logout = await _request(gateway, "POST", "/auth/logout", "r5-logout",
                                 headers={"cookie": f"userToken={second}"})
         assert logout.status_code == 204

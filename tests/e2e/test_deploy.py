@@ -21,6 +21,7 @@ import yaml
 
 from gateway.settings import settings_from_mapping
 from tests.conftest import Backend, to_toml
+from tests.helpers.forward_auth import ProxyProcess
 from tests.helpers.metrics import scrape
 from tests.redis_server import redis_or_skip
 from tests.servers import ServerProcess, free_port
@@ -104,30 +105,6 @@ def test_dockerfile_lint() -> None:
 # -- the topology on loopback ---------------------------------------------------------------
 
 
-class _Nginx:
-    def __init__(self, conf: str, workdir: Path) -> None:
-        self.path = workdir / "nginx.conf"
-        self.path.write_text(conf, encoding="utf-8")
-        self.workdir = workdir
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-        self.proc = subprocess.Popen(
-            [nginx, "-p", str(self.workdir), "-c", str(self.path), "-e", "stderr",
-             "-g", f"daemon off; pid {self.workdir}/nginx.pid;"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
 def _loopback_nginx_conf(ports: dict[str, int], listen: int, workdir: Path) -> str:
     conf = (DEPLOY / "nginx.conf").read_text(encoding="utf-8")
     for name, port in ports.items():
@@ -144,7 +121,7 @@ def topology(tmp_path: Path, backend: Backend) -> Iterator[tuple[str, list[Serve
         pytest.skip("nginx is not installed")
     redis = redis_or_skip()
     started: list[ServerProcess] = []
-    nginx: _Nginx | None = None
+    nginx: ProxyProcess | None = None
     try:
         config = gateway_toml()
         config["upstream"]["url"] = backend.url
@@ -162,7 +139,11 @@ def topology(tmp_path: Path, backend: Backend) -> Iterator[tuple[str, list[Serve
                                     str(path), "--port", str(port)], port, env=env)
             started.append(server.start(timeout=60))
         listen = free_port()
-        nginx = _Nginx(_loopback_nginx_conf(ports, listen, tmp_path), tmp_path)
+        conf = tmp_path / "nginx.conf"
+        conf.write_text(_loopback_nginx_conf(ports, listen, tmp_path), encoding="utf-8")
+        nginx = ProxyProcess(
+            [shutil.which("nginx") or "/usr/sbin/nginx", "-p", str(tmp_path), "-c", str(conf),
+             "-e", "stderr", "-g", f"daemon off; pid {tmp_path}/nginx.pid;"], listen, tmp_path)
         nginx.start()
         url = f"http://127.0.0.1:{listen}"
         _wait_for(url + "/__gateway/health")

@@ -8,7 +8,6 @@ import asyncio
 import json
 import re
 from collections.abc import Callable, Iterator
-from http.cookiejar import CookieJar, DefaultCookiePolicy
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from tests.helpers.forward_auth import (
     have,
     nginx,
 )
+from tests.helpers.replies import cookie_value, cookieless_client, set_cookies, upstream_saw
 
 HTML = "text/html,application/xhtml+xml,*/*;q=0.8"
 CONCURRENCY = 50
@@ -76,19 +76,12 @@ def get(proxy: ProxyProcess, path: str, **headers: str) -> httpx.Response:
 def echoed(reply: httpx.Response) -> dict[str, list[str]]:
     """The headers the app received, by lower-cased name."""
     assert reply.status_code == 200, reply.text
-    seen: dict[str, list[str]] = {}
-    for name, value in reply.json()["headers"]:
-        seen.setdefault(name.lower(), []).append(value)
-    return seen
+    return upstream_saw(reply)
 
 
 def new_cookies(reply: httpx.Response) -> dict[str, str]:
-    found: dict[str, str] = {}
-    for header in reply.headers.get_list("set-cookie"):
-        name, _, rest = header.partition("=")
-        assert name not in found, reply.headers.get_list("set-cookie")
-        found[name] = rest.split(";", 1)[0]
-    return found
+    """The value each cookie is set to, by name (no name set twice)."""
+    return {name: cookie_value(header) for name, header in set_cookies(reply).items()}
 
 
 def metric(gateway: RunningGateway, sample: str) -> float:
@@ -226,10 +219,7 @@ async def test_burst_of_50_with_one_expired_session_through_nginx_refreshes_once
     proxy = start_nginx(gateway, workers=2)
     expired = backend.token(user_id=1, ttl_s=-60)
     backend.fault("refresh", 0, count=1, delay_s=0.5)  # everyone arrives during the flight
-    jar = CookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
-    limits = httpx.Limits(max_connections=CONCURRENCY)
-    async with httpx.AsyncClient(base_url=proxy.url, cookies=jar, limits=limits,
-                                 timeout=60) as client:
+    async with cookieless_client(proxy.url, connections=CONCURRENCY, timeout=60) as client:
         replies = await asyncio.gather(*[
             client.get("/api/echo", headers={"cookie": f"userToken={expired}"})
             for _ in range(CONCURRENCY)])

@@ -11,7 +11,8 @@ import pytest
 
 from gateway.server import HttpKind
 from tests.conftest import Backend, MakeGateway
-from tests.helpers.limits import HTTP_KINDS, chunked, head, request, serve
+from tests.helpers.limits import HTTP_KINDS, serve
+from tests.helpers.raw_http import chunked, head, request
 
 PUBLIC = '[[routes]]\nmatch = "/api/echo/**"\naccess = "public"\n'
 BODY = b"0123456789" * 4 + b"tail"  # 44 bytes

@@ -21,16 +21,8 @@ import pytest
 
 from gateway.server import HttpKind
 from tests.conftest import Backend, MakeGateway, RunningGateway
-from tests.helpers.limits import (
-    HTTP_KINDS,
-    chunked,
-    closed_by_peer,
-    connect,
-    head,
-    read_reply,
-    request,
-    serve,
-)
+from tests.helpers.limits import HTTP_KINDS, serve
+from tests.helpers.raw_http import chunked, closed_by_peer, connect, head, read_reply, request
 from tests.servers import ServerProcess, ServerThread, free_port, python_module
 
 PUBLIC = '[[routes]]\nmatch = "/**"\naccess = "public"\n'

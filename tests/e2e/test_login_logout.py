@@ -6,87 +6,34 @@ from __future__ import annotations
 
 import functools
 import gzip
-import hashlib
 import json
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any
 
 import httpx
 import pytest
 
 from tests.conftest import Backend, MakeGateway, RunningGateway, StartGateway
+from tests.helpers.replies import (
+    ACCESS,
+    GUEST,
+    REFRESH,
+    assert_cleared,
+    assert_no_raw_tokens,
+    attributes,
+    cookie_header,
+    cookie_value,
+    cookieless_client,
+    fp,
+    set_cookies,
+    upstream_saw,
+)
 from tests.servers import fixed_reply_app, serving
 
-ACCESS, REFRESH, GUEST = "userToken", "refreshToken", "guestToken"
 DEMO = {"email": "demo@example.com", "password": "demo-password"}
 WRONG = {"email": "demo@example.com", "password": "not-the-password"}
-
-
-def client(gateway: RunningGateway) -> httpx.AsyncClient:
-    """A client that never keeps cookies: every test states exactly what it sends."""
-    jar = CookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
-    return httpx.AsyncClient(base_url=gateway.url, cookies=jar, timeout=20)
-
-
-def set_cookies(response: httpx.Response) -> dict[str, str]:
-    found: dict[str, str] = {}
-    for header in response.headers.get_list("set-cookie"):
-        name = header.split("=", 1)[0].strip()
-        assert name not in found, f"{name} set twice: {response.headers.get_list('set-cookie')}"
-        found[name] = header
-    return found
-
-
-def cookie_value(header: str) -> str:
-    return header.split(";", 1)[0].split("=", 1)[1]
-
-
-def attributes(header: str) -> dict[str, str]:
-    parts = [p.strip() for p in header.split(";")[1:]]
-    return {p.split("=", 1)[0].lower(): (p.split("=", 1)[1] if "=" in p else "") for p in parts}
-
-
-def assert_cleared(response: httpx.Response, *names: str) -> None:
-    cookies = set_cookies(response)
-    for name in names:
-        assert name in cookies, f"{name} not cleared: {list(cookies.values())}"
-        attrs = attributes(cookies[name])
-        assert cookie_value(cookies[name]) == ""
-        assert attrs.get("max-age") == "0", cookies[name]
-        assert attrs.get("path") == "/", cookies[name]
-
-
-def upstream_saw(response: httpx.Response) -> dict[str, list[str]]:
-    seen: dict[str, list[str]] = {}
-    for name, value in response.json()["headers"]:
-        seen.setdefault(name.lower(), []).append(value)
-    return seen
-
-
-def assert_no_raw_tokens(gateway: RunningGateway, *secrets: str | None) -> None:
-    text = gateway.audit_path.read_text()
-    for secret in secrets:
-        if secret:
-            assert secret not in text, "a raw token or password was written to the audit stream"
-
-
-def fp(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()[:12]
-
-
-def mint(backend: Backend, typ: str = "access", ttl_s: float = 900) -> str:
-    reply = httpx.post(backend.control_url + "/__demo/token",
-                       json={"user_id": 1, "typ": typ, "ttl_s": ttl_s})
-    reply.raise_for_status()
-    return str(reply.json()["token"])
-
-
-def cookie_header(**cookies: str | None) -> dict[str, str]:
-    pairs = [f"{name}={value}" for name, value in cookies.items() if value]
-    return {"cookie": "; ".join(pairs)} if pairs else {}
 
 
 # -- login capture -------------------------------------------------------------------------------
@@ -95,9 +42,9 @@ def cookie_header(**cookies: str | None) -> dict[str, str]:
 async def test_login_sets_cookies_and_strips_tokens(start: StartGateway,
                                                     backend: Backend) -> None:
     gw = start("next-api-layer")
-    async with client(gw) as c:
+    async with cookieless_client(gw.url) as c:
         login = await c.post("/auth/login", json=DEMO,
-                             headers=cookie_header(guestToken=mint(backend, "guest")))
+                             headers=cookie_header(guestToken=backend.token(1, "guest")))
         assert login.status_code == 200, login.text
         cookies = set_cookies(login)
         assert set(cookies) == {ACCESS, REFRESH, GUEST}
@@ -131,7 +78,7 @@ async def test_login_sets_cookies_and_strips_tokens(start: StartGateway,
 
 async def test_login_keeps_tokens_in_body_without_strip(start: StartGateway) -> None:
     gw = start("next-api-layer", {"auth": {"login": {"strip_tokens": False}}})
-    async with client(gw) as c:
+    async with cookieless_client(gw.url) as c:
         login = await c.post("/auth/login", json=DEMO)
     assert login.status_code == 200, login.text
     data = login.json()["data"]
@@ -144,10 +91,10 @@ async def test_login_keeps_tokens_in_body_without_strip(start: StartGateway) -> 
 async def test_failed_login_passes_through_unchanged(start: StartGateway,
                                                      backend: Backend) -> None:
     gw = start("next-api-layer")
-    async with client(gw) as c:
+    async with cookieless_client(gw.url) as c:
         direct = httpx.post(backend.url + "/auth/login", json=WRONG)
         login = await c.post("/auth/login", json=WRONG,
-                             headers=cookie_header(guestToken=mint(backend, "guest")))
+                             headers=cookie_header(guestToken=backend.token(1, "guest")))
     assert login.status_code == 401
     assert login.content == direct.content
     assert login.json() == {"success": False, "error": "invalid credentials"}
@@ -158,7 +105,7 @@ async def test_failed_login_passes_through_unchanged(start: StartGateway,
 
 async def test_simplejwt_create_is_captured(start: StartGateway, backend: Backend) -> None:
     gw = start("django-simplejwt")
-    async with client(gw) as c:
+    async with cookieless_client(gw.url) as c:
         login = await c.post("/auth/jwt/create/", json=DEMO)
         assert login.status_code == 200, login.text
         cookies = set_cookies(login)
@@ -188,7 +135,7 @@ async def test_simplejwt_create_is_captured(start: StartGateway, backend: Backen
 async def test_express_login_keeps_body_and_relays_refresh_cookie(
         start: StartGateway, backend: Backend) -> None:
     gw = start("express")
-    async with client(gw) as c:
+    async with cookieless_client(gw.url) as c:
         login = await c.post("/api/auth/login", json=DEMO)
         assert login.status_code == 200, login.text
         cookies = set_cookies(login)
@@ -243,7 +190,7 @@ async def login_through(c: httpx.AsyncClient, flavour: Flavour) -> tuple[str, st
 async def test_logout_revokes_clears_and_forgets(start: StartGateway, backend: Backend,
                                                  flavour: Flavour) -> None:
     gw = start(flavour.preset, {"auth": {"cache_ttl_s": 60}})
-    async with client(gw) as c:
+    async with cookieless_client(gw.url) as c:
         access, refresh = await login_through(c, flavour)
         held = cookie_header(userToken=access, refreshToken=refresh)
         for _ in range(2):  # validated once, then answered from the cache
@@ -266,7 +213,7 @@ async def test_logout_revokes_clears_and_forgets(start: StartGateway, backend: B
         else:
             # SimpleJWT and Express revoke the refresh token only (an access token stays
             # valid at the backend until it expires): it must not revive a session.
-            expired = cookie_header(userToken=mint(backend, "access", -60),
+            expired = cookie_header(userToken=backend.token(1, "access", -60),
                                     refreshToken=refresh)
             dead = await c.get("/api/echo", headers=expired)
     assert dead.status_code == 401, dead.text
@@ -283,7 +230,7 @@ async def test_logout_revokes_clears_and_forgets(start: StartGateway, backend: B
 
 async def test_browser_logout_redirects_home(start: StartGateway, backend: Backend) -> None:
     gw = start("next-api-layer")
-    async with client(gw) as c:
+    async with cookieless_client(gw.url) as c:
         access, refresh = await login_through(c, NEXT)
         out = await c.post("/auth/logout", headers={
             "accept": "text/html,application/xhtml+xml,*/*;q=0.8",
@@ -297,7 +244,7 @@ async def test_browser_logout_redirects_home(start: StartGateway, backend: Backe
 async def test_logout_without_session_still_clears(start: StartGateway,
                                                    backend: Backend) -> None:
     gw = start("next-api-layer")
-    async with client(gw) as c:
+    async with cookieless_client(gw.url) as c:
         out = await c.post("/auth/logout")
     assert out.status_code == 204
     assert_cleared(out, ACCESS, REFRESH, GUEST)
@@ -308,7 +255,7 @@ async def test_logout_without_session_still_clears(start: StartGateway,
 async def test_failing_revoke_still_logs_out(start: StartGateway, backend: Backend) -> None:
     gw = start("next-api-layer")
     retries = gw.app.settings.auth.retries
-    async with client(gw) as c:
+    async with cookieless_client(gw.url) as c:
         access, refresh = await login_through(c, NEXT)
         backend.fault("logout", 503, count=-1)
         out = await c.post("/auth/logout",
@@ -323,7 +270,6 @@ async def test_failing_revoke_still_logs_out(start: StartGateway, backend: Backe
     assert_no_raw_tokens(gw, access, refresh, DEMO["password"])
 
 
-
 @pytest.mark.parametrize("flavour", [NEXT, DJANGO], ids=str)
 async def test_logout_ends_the_rotation_grace_of_the_session(
         start: StartGateway, backend: Backend, flavour: Flavour) -> None:
@@ -332,10 +278,10 @@ async def test_logout_ends_the_rotation_grace_of_the_session(
     the pre-rotation credential is forwarded as the user (without any backend check) and gets
     the revoked session's tokens set as cookies again."""
     gw = start(flavour.preset)
-    old_access = mint(backend, "access", -60)
-    old_refresh = mint(backend, "refresh") if flavour is DJANGO else None
+    old_access = backend.token(1, "access", -60)
+    old_refresh = backend.token(1, "refresh") if flavour is DJANGO else None
     stale_tab = cookie_header(userToken=old_access, refreshToken=old_refresh)
-    async with client(gw) as c:
+    async with cookieless_client(gw.url) as c:
         first = await c.get("/api/echo", headers=stale_tab)
         assert first.status_code == 200, first.text
         cookies = set_cookies(first)
@@ -479,6 +425,16 @@ async def test_login_reply_too_big_or_undecodable_passes_through(
     assert gw.events("auth.login") == []
 
 
+async def _login_answered_with(make_gateway: MakeGateway, body: bytes
+                               ) -> tuple[RunningGateway, httpx.Response]:
+    """A login through a gateway whose upstream answers every request with ``body``."""
+    with serving(fixed_reply_app(body)) as upstream:
+        gw = make_gateway('[auth.login]\npath = "/auth/login"\n[cookies]\nsecure = false\n',
+                          upstream=upstream.url)
+        async with cookieless_client(gw.url) as c:
+            return gw, await c.post("/auth/login", json=DEMO)
+
+
 @pytest.mark.parametrize("access", [
     "aaa; Domain=evil.test", "aaa, other=1", "t\u00f6ken", "a b", "x" * 9000,
 ], ids=["attribute-injection", "comma", "non-ascii", "space", "too-long"])
@@ -487,11 +443,7 @@ async def test_login_reply_with_an_unusable_token_sets_no_cookie(
     """A token value goes into Set-Cookie as is: one with ';' would add attributes (a
     Domain of the attacker's choosing), one with non-ASCII used to be a 500."""
     body = json.dumps({"data": {"accessToken": access, "refreshToken": "r.e.f"}}).encode()
-    with serving(fixed_reply_app(body)) as upstream:
-        gw = make_gateway('[auth.login]\npath = "/auth/login"\n[cookies]\nsecure = false\n',
-                          upstream=upstream.url)
-        async with client(gw) as c:
-            reply = await c.post("/auth/login", json=DEMO)
+    gw, reply = await _login_answered_with(make_gateway, body)
     assert reply.status_code == 200
     assert reply.headers.get_list("set-cookie") == []
     assert [(e["outcome"], e["reason"]) for e in gw.events("auth.login")] == [
@@ -517,11 +469,7 @@ async def test_login_reply_nested_too_deep_to_parse_passes_through(
     """A 2xx login reply nested deeper than the JSON parser goes (json.loads raises
     RecursionError, not ValueError) is no login reply: passed on as it came, not a 500."""
     body = b"[" * 100_000 + b"]" * 100_000
-    with serving(fixed_reply_app(body)) as upstream:
-        gw = make_gateway('[auth.login]\npath = "/auth/login"\n[cookies]\nsecure = false\n',
-                          upstream=upstream.url)
-        async with client(gw) as c:
-            reply = await c.post("/auth/login", json=DEMO)
+    _, reply = await _login_answered_with(make_gateway, body)
     assert reply.status_code == 200
     assert reply.content == body
     assert reply.headers.get_list("set-cookie") == []

@@ -10,7 +10,6 @@ import json
 import re
 import sys
 import time
-from http.cookiejar import CookieJar, DefaultCookiePolicy
 from pathlib import Path
 
 import httpx
@@ -19,6 +18,7 @@ from prometheus_client.mmap_dict import MmapedDict
 
 from tests.conftest import Backend, MakeGateway, StartGateway
 from tests.helpers.metrics import Scrape, delta, scrape
+from tests.helpers.replies import cookie_value, cookieless_client, set_cookies
 from tests.servers import ServerProcess, free_port
 
 REQUESTS = "gateway_request_duration_seconds"
@@ -27,19 +27,6 @@ AUTH = "gateway_auth_call_duration_seconds"
 DEMO = {"email": "demo@example.com", "password": "demo-password"}
 WRONG = {"email": "demo@example.com", "password": "not-the-password"}
 JSON = {"accept": "application/json"}
-
-
-def _client(url: str) -> httpx.AsyncClient:
-    """A client that never keeps cookies: each request says what it carries."""
-    jar = CookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
-    return httpx.AsyncClient(base_url=url, cookies=jar, timeout=20)
-
-
-def _cookie(response: httpx.Response, name: str) -> str:
-    for header in response.headers.get_list("set-cookie"):
-        if header.startswith(name + "="):
-            return header.split(";", 1)[0].split("=", 1)[1]
-    raise AssertionError(f"no {name} cookie in {response.headers.get_list('set-cookie')}")
 
 
 def _count(s: Scrape, name: str, **labels: str) -> float:
@@ -70,11 +57,11 @@ async def test_histograms_count_a_known_session(start: StartGateway, backend: Ba
     gateway = start("next-api-layer", {"auth": {"cache_ttl_s": 60}})
     before = scrape(gateway.url)
     calls_before = backend.stats()["calls"]
-    async with _client(gateway.url) as client:
+    async with cookieless_client(gateway.url) as client:
         assert (await client.post("/auth/login", json=WRONG)).status_code == 401
         login = await client.post("/auth/login", json=DEMO)
         assert login.status_code == 200
-        session = {**JSON, "cookie": f"userToken={_cookie(login, 'userToken')}"}
+        session = {**JSON, "cookie": f"userToken={cookie_value(set_cookies(login)['userToken'])}"}
         for _ in range(2):
             items = await client.get("/api/items", headers=session)
             assert items.status_code == 200, items.text
@@ -115,7 +102,7 @@ async def test_each_auth_try_is_timed_and_failures_have_their_outcome(
     token = backend.token(1)
     before = scrape(gateway.url)
     backend.fault("me", 503, count=3)
-    async with _client(gateway.url) as client:
+    async with cookieless_client(gateway.url) as client:
         reply = await client.get("/api/items", headers={**JSON, "authorization": f"Bearer {token}"})
         assert reply.status_code == 503
         revoked = backend.login()["accessToken"]
@@ -173,7 +160,7 @@ async def test_labels_stay_a_fixed_vocabulary(start: StartGateway, backend: Back
     """Paths, user ids and status codes never become histogram labels."""
     gateway = start("next-api-layer")
     tokens = [backend.token(user) for user in (1, 2)]
-    async with _client(gateway.url) as client:
+    async with cookieless_client(gateway.url) as client:
         for index in range(5):
             await client.get(f"/api/public/hello/{index}?q={index}")
             await client.get(f"/api/echo/{index}", headers={

@@ -10,27 +10,29 @@ credentials and blacklists the used ones), for the three backend families:
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from dataclasses import dataclass
-from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-import httpx
 import pytest
 
-from tests.conftest import Backend, RunningGateway, StartGateway
+from tests.conftest import Backend, StartGateway
+from tests.helpers.replies import (
+    ACCESS,
+    REFRESH,
+    assert_cleared,
+    assert_no_raw_tokens,
+    assert_nothing_cleared,
+    attributes,
+    cookie_value,
+    cookieless_client,
+    fp,
+    set_cookies,
+    upstream_saw,
+)
 from tests.servers import free_port
 
-ACCESS, REFRESH, GUEST = "userToken", "refreshToken", "guestToken"
 CONCURRENCY = 50
-
-
-def client(gateway: RunningGateway, connections: int = 10) -> httpx.AsyncClient:
-    """A client that never keeps cookies: every test states exactly what it sends."""
-    jar = CookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
-    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
-    return httpx.AsyncClient(base_url=gateway.url, cookies=jar, limits=limits, timeout=20)
 
 
 # -- the three families --------------------------------------------------------------------------
@@ -55,14 +57,6 @@ DJANGO = Family("django-simplejwt", "jwt_refresh", "users_me", "JWT", refresh_to
 EXPRESS = Family("express", "refresh_token", "express_me", "Bearer", refresh_token=True,
                  spa=True)
 FAMILIES = [NEXT, DJANGO, EXPRESS]
-
-
-def mint(backend: Backend, typ: str = "access", ttl_s: float = 900, age_s: float = 0.0,
-         user_id: int = 1) -> str:
-    reply = httpx.post(backend.control_url + "/__demo/token",
-                       json={"user_id": user_id, "typ": typ, "ttl_s": ttl_s, "age_s": age_s})
-    reply.raise_for_status()
-    return str(reply.json()["token"])
 
 
 @dataclass(frozen=True)
@@ -91,65 +85,12 @@ class Creds:
 def session(backend: Backend, family: Family, *, access_ttl_s: float = -60,
             access_age_s: float = 0.0, refresh_ttl_s: float = 3600) -> Creds:
     """An access token (expired by default) plus, where the family has one, a refresh token."""
-    access = mint(backend, "access", access_ttl_s, access_age_s)
-    refresh = mint(backend, "refresh", refresh_ttl_s) if family.refresh_token else None
+    access = backend.token(1, "access", access_ttl_s, access_age_s)
+    refresh = backend.token(1, "refresh", refresh_ttl_s) if family.refresh_token else None
     return Creds(access, refresh, family.spa)
 
 
 # -- reading answers -----------------------------------------------------------------------------
-
-
-def set_cookies(response: httpx.Response) -> dict[str, str]:
-    """Set-Cookie headers by cookie name (each must be its own header, no name twice)."""
-    found: dict[str, str] = {}
-    for header in response.headers.get_list("set-cookie"):
-        name = header.split("=", 1)[0].strip()
-        assert name not in found, f"{name} set twice: {response.headers.get_list('set-cookie')}"
-        found[name] = header
-    return found
-
-
-def cookie_value(header: str) -> str:
-    return header.split(";", 1)[0].split("=", 1)[1]
-
-
-def attributes(header: str) -> dict[str, str]:
-    parts = [p.strip() for p in header.split(";")[1:]]
-    return {p.split("=", 1)[0].lower(): (p.split("=", 1)[1] if "=" in p else "") for p in parts}
-
-
-def assert_cleared(response: httpx.Response, *names: str) -> None:
-    cookies = set_cookies(response)
-    for name in names:
-        assert name in cookies, f"{name} not cleared: {list(cookies.values())}"
-        attrs = attributes(cookies[name])
-        assert cookie_value(cookies[name]) == ""
-        assert attrs.get("max-age") == "0", cookies[name]
-        assert attrs.get("path") == "/", cookies[name]
-
-
-def assert_nothing_cleared(response: httpx.Response) -> None:
-    for header in response.headers.get_list("set-cookie"):
-        assert "max-age=0" not in header.lower(), header
-
-
-def upstream_saw(response: httpx.Response) -> dict[str, list[str]]:
-    """The request headers ``/api/echo`` received, by lower-cased name."""
-    seen: dict[str, list[str]] = {}
-    for name, value in response.json()["headers"]:
-        seen.setdefault(name.lower(), []).append(value)
-    return seen
-
-
-def assert_no_raw_tokens(gateway: RunningGateway, *tokens: str | None) -> None:
-    text = gateway.audit_path.read_text()
-    for token in tokens:
-        if token:
-            assert token not in text, "a raw token was written to the audit stream"
-
-
-def fp(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()[:12]
 
 
 def delta(before: dict[str, Any], after: dict[str, Any], key: str) -> int:
@@ -181,7 +122,7 @@ async def test_concurrent_expired_requests_share_one_refresh(
         spa = (i % 2 == 1) if family is NEXT else None
         return creds.headers(spa=spa)
 
-    async with client(gw, CONCURRENCY + 10) as c:
+    async with cookieless_client(gw.url, connections=CONCURRENCY + 10) as c:
         responses = await asyncio.gather(
             *(c.get("/api/echo", headers=headers_for(i)) for i in range(CONCURRENCY)))
     after = backend.stats()
@@ -230,7 +171,7 @@ async def test_concurrent_expired_requests_share_one_refresh(
 
     # The new session works on its own, without another refresh.
     again = Creds(new, new_refresh if family.refresh_token else None, family.spa)
-    async with client(gw) as c:
+    async with cookieless_client(gw.url, connections=10) as c:
         follow = await c.get("/api/echo", headers=again.headers())
     assert follow.status_code == 200
     assert follow.headers.get_list("set-cookie") == []
@@ -249,7 +190,7 @@ async def test_stale_tab_gets_grace_then_is_logged_out_after_the_window(
         start: StartGateway, backend: Backend, family: Family) -> None:
     gw = start(family.preset, {"auth": {"refresh": {"grace_s": 1}}})
     creds = session(backend, family)
-    async with client(gw) as c:
+    async with cookieless_client(gw.url, connections=10) as c:
         first = await c.get("/api/echo", headers=creds.headers())
         assert first.status_code == 200, first.text
         assert backend.calls(family.refresh_key) == 1
@@ -304,7 +245,7 @@ async def test_refresh_outage_is_503_with_cookies_untouched(
     retries = gw.app.settings.auth.retries
     creds = session(backend, family)
     backend.fault(family.refresh_key, 503, count=-1)
-    async with client(gw) as c:
+    async with cookieless_client(gw.url, connections=10) as c:
         down = await c.get("/api/echo", headers=creds.headers())
         assert down.status_code == 503, down.text
         assert down.headers.get("retry-after")
@@ -337,7 +278,7 @@ async def test_validate_outage_right_after_a_refresh_keeps_the_new_tokens(
     retries = gw.app.settings.auth.retries
     creds = session(backend, family)  # expired: known locally, no validate call for it
     backend.fault(family.validate_key, 503, count=1 + retries)
-    async with client(gw) as c:
+    async with cookieless_client(gw.url, connections=10) as c:
         down = await c.get("/api/echo", headers=creds.headers())
         assert down.status_code == 503, down.text
         assert down.headers.get("retry-after")
@@ -373,7 +314,7 @@ async def test_refresh_network_error_is_503_with_cookies_untouched(
     gw = start(NEXT.preset, {"auth": {"url": closed}})
     creds = session(backend, NEXT)
     for spa in (False, True):
-        async with client(gw) as c:
+        async with cookieless_client(gw.url, connections=10) as c:
             response = await c.get("/api/echo", headers=creds.headers(spa=spa))
         assert response.status_code == 503, response.text
         assert response.headers.get("retry-after")
@@ -394,7 +335,7 @@ async def test_proactive_refresh_of_a_token_about_to_expire(
     refresh_cfg = gw.app.settings.auth.refresh
     assert refresh_cfg.proactive_s == 60
     margin = refresh_cfg.proactive_s + refresh_cfg.clock_skew_s
-    async with client(gw) as c:
+    async with cookieless_client(gw.url, connections=10) as c:
         healthy = session(backend, family, access_ttl_s=margin + 60)
         fine = await c.get("/api/echo", headers=healthy.headers())
         assert fine.status_code == 200, fine.text
@@ -429,7 +370,7 @@ async def test_rejected_proactive_refresh_keeps_the_session_and_is_not_retried(
     closing = session(backend, family,
                       access_ttl_s=refresh_cfg.proactive_s + refresh_cfg.clock_skew_s - 45)
     backend.fault(family.refresh_key, 401)
-    async with client(gw) as c:
+    async with cookieless_client(gw.url, connections=10) as c:
         answers = [await c.get("/api/echo", headers=closing.headers()) for _ in range(5)]
     for answer in answers:
         assert answer.status_code == 200, answer.text
@@ -460,7 +401,7 @@ async def test_rejected_refresh_continues_as_anonymous(
         start: StartGateway, backend: Backend, family: Family) -> None:
     gw = start(family.preset, routes=[OPEN_ECHO])
     creds = dead_session(backend, family)
-    async with client(gw) as c:
+    async with cookieless_client(gw.url, connections=10) as c:
         public = await c.get("/api/echo/open/x", headers=creds.headers())
         assert public.status_code == 200, public.text
         seen = upstream_saw(public)
@@ -490,7 +431,7 @@ async def test_dead_and_replaced_tokens_are_not_sent_on_in_cookies(
     gw = start(family.preset, routes=[OPEN_ECHO])
     dead = dead_session(backend, family)
     expired = session(backend, family)
-    async with client(gw) as c:
+    async with cookieless_client(gw.url, connections=10) as c:
         public = await c.get("/api/echo/open/x", headers={
             "cookie": f"theme=dark; {ACCESS}={dead.access}; lang=en"})
         refreshed = await c.get("/api/echo", headers=expired.headers(
@@ -507,7 +448,7 @@ async def test_cleared_cookies_carry_the_configured_path_and_domain(
     """A clearing Set-Cookie only works with the same name, path and domain as the cookie."""
     gw = start(DJANGO.preset, {"cookies": {"domain": "app.example.test", "path": "/app"}})
     creds = dead_session(backend, DJANGO)
-    async with client(gw) as c:
+    async with cookieless_client(gw.url, connections=10) as c:
         answer = await c.get("/api/echo", headers=creds.headers())
     assert answer.status_code == 401, answer.text
     for name in (ACCESS, REFRESH):
@@ -521,7 +462,7 @@ async def test_drf_open_view_gets_no_dead_token(start: StartGateway, backend: Ba
     """A DRF AllowAny view answers 401 when handed an expired token: the gateway drops it."""
     gw = start(DJANGO.preset)
     creds = dead_session(backend, DJANGO)
-    async with client(gw) as c:
+    async with cookieless_client(gw.url, connections=10) as c:
         response = await c.get("/api/django/open/", headers=creds.headers())
     assert response.status_code == 200, response.text
     assert response.json() == {"open": True, "user_id": None}

@@ -11,20 +11,14 @@ import pytest
 
 from gateway.cors import is_preflight
 from tests.conftest import Backend, MakeGateway
-from tests.helpers.security import echoed_cookie_names, echoed_headers, send
+from tests.helpers.raw_http import send
+from tests.helpers.replies import upstream_saw
+from tests.helpers.security import OPEN_AND_USER_ROUTES, echoed_cookie_names
 
 ROUTES = """
 [cookies]
 secure = false
-
-[[routes]]
-match = "/api/echo/open/**"
-access = "public"
-
-[[routes]]
-match = "/api/echo/**"
-access = "user"
-"""
+""" + OPEN_AND_USER_ROUTES
 REFRESH = "refresh-token-value-0123456789"
 
 
@@ -37,7 +31,7 @@ def test_the_app_never_sees_the_refresh_or_access_cookie(make_gateway: MakeGatew
             ("cookie", f"theme=dark; userToken={token}; refreshToken={REFRESH}"),
             ("cookie", f"guestToken={guest}; lang=en")])
         assert reply.status == 200, reply.body
-        seen = echoed_headers(reply)
+        seen = upstream_saw(reply)
         assert seen["cookie"] == ["theme=dark", "lang=en"]
         assert seen["authorization"] == [f"Bearer {token}"]
         assert seen["x-auth-user-id"] == ["1"]
@@ -45,7 +39,7 @@ def test_the_app_never_sees_the_refresh_or_access_cookie(make_gateway: MakeGatew
         assert guest not in reply.body.decode()
     # Only the gateway's cookies: the Cookie header goes when nothing else is left.
     reply = send(gateway.url, "/api/echo/x", [("cookie", f"userToken={token}")])
-    assert "cookie" not in echoed_headers(reply)
+    assert "cookie" not in upstream_saw(reply)
 
 
 def test_forward_access_keeps_the_valid_access_cookie_only(make_gateway: MakeGateway,
@@ -56,7 +50,7 @@ def test_forward_access_keeps_the_valid_access_cookie_only(make_gateway: MakeGat
     reply = send(gateway.url, "/api/echo/x",
                  [("cookie", f"a=1; userToken={token}; refreshToken={REFRESH}")])
     assert echoed_cookie_names(reply) == ["a", "userToken"]
-    assert echoed_headers(reply)["cookie"] == [f"a=1; userToken={token}"]
+    assert upstream_saw(reply)["cookie"] == [f"a=1; userToken={token}"]
     # A dead access token is not passed on, in a cookie any more than in Authorization.
     reply = send(gateway.url, "/api/echo/open/x", [("cookie", f"a=1; userToken={token}x")])
     assert echoed_cookie_names(reply) == ["a"]
@@ -143,7 +137,7 @@ def test_a_preflight_is_forwarded_without_any_credential(make_gateway: MakeGatew
         *PREFLIGHT, ("cookie", f"theme=dark; userToken={token}; refreshToken={REFRESH}"),
         ("authorization", f"Bearer {token}")], method="OPTIONS")
     assert reply.status == 200, reply.body
-    seen = echoed_headers(reply)
+    seen = upstream_saw(reply)
     assert reply.json()["method"] == "OPTIONS"
     assert seen["cookie"] == ["theme=dark"]
     assert "authorization" not in seen
@@ -170,7 +164,7 @@ def test_options_with_a_body_is_checked_like_any_request(make_gateway: MakeGatew
         *PREFLIGHT, ("cookie", f"userToken={token}; refreshToken={REFRESH}")],
         method="OPTIONS", body=b'{"amount": 1000}')
     assert reply.status == 200
-    seen = echoed_headers(reply)
+    seen = upstream_saw(reply)
     assert "cookie" not in seen
     assert seen["authorization"] == [f"Bearer {token}"]
     assert seen["x-auth-user-id"] == ["1"]

@@ -15,7 +15,8 @@ import websockets
 from websockets.exceptions import InvalidStatus
 
 from tests.conftest import Backend, MakeGateway, RunningGateway
-from tests.helpers.security import Reply, send
+from tests.helpers.raw_http import Reply, send
+from tests.helpers.security import OPEN_AND_USER_ROUTES
 
 CONFIG = """
 [cookies]
@@ -27,15 +28,7 @@ path = "/auth/login"
 [auth.logout]
 path = "/auth/logout"
 send = "access_header"
-
-[[routes]]
-match = "/api/echo/open/**"
-access = "public"
-
-[[routes]]
-match = "/api/echo/**"
-access = "user"
-
+""" + OPEN_AND_USER_ROUTES + """
 [[routes]]
 match = "/ws/**"
 access = "user"

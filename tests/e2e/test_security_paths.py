@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import Backend, MakeGateway
-from tests.helpers.security import send
+from tests.helpers.raw_http import send
 
 ADMIN_ROUTES = """
 [[routes]]

@@ -10,7 +10,9 @@ import time
 import httpx
 
 from tests.conftest import Backend, MakeGateway
-from tests.helpers.security import echoed_headers, send
+from tests.helpers.raw_http import send
+from tests.helpers.replies import upstream_saw
+from tests.helpers.security import OPEN_AND_USER_ROUTES
 
 ROUTES = """
 [auth]
@@ -18,15 +20,7 @@ retry_backoff_s = 0.01
 
 [auth.refresh]
 send = "refresh_body"
-
-[[routes]]
-match = "/api/echo/open/**"
-access = "public"
-
-[[routes]]
-match = "/api/echo/**"
-access = "user"
-"""
+""" + OPEN_AND_USER_ROUTES
 XHR = ("x-requested-with", "XMLHttpRequest")
 BASIC = ("authorization", "Basic ZGVtbzpkZW1vLXBhc3N3b3Jk")
 
@@ -43,12 +37,12 @@ def test_basic_credentials_are_not_a_token(make_gateway: MakeGateway, backend: B
     assert gateway.events("auth.denied")[-1]["reason"] == "no_token"
     reply = send(gateway.url, "/api/echo/open/x", [BASIC])
     assert reply.status == 200
-    assert "authorization" not in echoed_headers(reply)
+    assert "authorization" not in upstream_saw(reply)
     assert backend.calls("me") == before  # the Basic credential cost nothing
     # Beside it, the session cookie is the credential.
     reply = send(gateway.url, "/api/echo/x", [BASIC, ("cookie", f"userToken={token}")])
     assert reply.status == 200
-    assert echoed_headers(reply)["authorization"] == [f"Bearer {token}"]
+    assert upstream_saw(reply)["authorization"] == [f"Bearer {token}"]
     assert backend.calls("me") == before + 1
     for scheme in ("Digest", "Negotiate", "Token"):
         assert send(gateway.url, "/api/echo/x", [("authorization", f"{scheme} {token}"),
@@ -71,14 +65,14 @@ def test_a_session_cookie_sent_twice_is_not_first_wins(make_gateway: MakeGateway
         assert gateway.events("auth.denied")[-1]["reason"] == "malformed_token"
         reply = send(gateway.url, "/api/echo/open/x", headers)
         assert reply.status == 200
-        seen = echoed_headers(reply)
+        seen = upstream_saw(reply)
         assert "authorization" not in seen and "x-auth-user-id" not in seen
     assert backend.calls("me") == before
     # The same value twice is one cookie.
     reply = send(gateway.url, "/api/echo/x", [("cookie", f"userToken={victim}; "
                                                          f"userToken={victim}")])
     assert reply.status == 200
-    assert echoed_headers(reply)["x-auth-user-id"] == ["1"]
+    assert upstream_saw(reply)["x-auth-user-id"] == ["1"]
 
 
 async def test_one_bogus_token_costs_one_backend_call(make_gateway: MakeGateway,

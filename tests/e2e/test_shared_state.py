@@ -12,120 +12,54 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import json
 import os
-import secrets
 import subprocess
 import time
-import tomllib
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from http.cookiejar import CookieJar, DefaultCookiePolicy
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 import redis
 
-from tests.conftest import PRESETS, Backend, merge, to_toml
+from tests.conftest import Backend
+from tests.helpers.replies import (
+    ACCESS,
+    REFRESH,
+    clears_any,
+    cookie_value,
+    cookieless_client,
+    fp,
+    set_cookies,
+    upstream_saw,
+)
+from tests.helpers.shared_state import (
+    MEMORY_STATE,
+    REPLICAS,
+    STARTUP_S,
+    STATE_KEY,
+    GatewayProcess,
+    clients,
+    cluster,
+    delta,
+    expired_session,
+    redis_state,
+    report,
+    wait_ready,
+    write_config,
+)
 from tests.redis_server import RedisServer, redis_or_skip
-from tests.servers import ServerProcess, free_port, python_module
+from tests.servers import free_port, python_module
 
-ACCESS, REFRESH = "userToken", "refreshToken"
-STATE_KEY = secrets.token_hex(32)
-REPLICAS = 4
 PER_REPLICA = 50
-#: How long a gateway process may take to answer its health check. Generous on purpose: on a
-#: saturated 2-core machine, importing and starting several Python processes at once takes
-#: tens of seconds; a slow start is not what these tests are about.
-STARTUP_S = 90.0
 
 # Module fixtures start 4-5 processes inside the first test's time budget.
 pytestmark = pytest.mark.timeout(240)
 
 
 # -- gateway processes ---------------------------------------------------------------------------
-
-
-def write_config(directory: Path, name: str, backend: Backend, state: dict[str, Any]) -> Path:
-    """The next-api-layer preset (``send = "access_header"``) in front of the reference
-    backend, ``/api/echo/**`` a user route, ``cache_ttl_s = 5``, audit to ``<name>.jsonl``."""
-    data = tomllib.loads((PRESETS / "next-api-layer.toml").read_text())
-    merge(data, {
-        "upstream": {"url": backend.url},
-        "cookies": {"secure": False},
-        "auth": {"retry_backoff_s": 0.01, "cache_ttl_s": 5},
-        "audit": {"sink": str(directory / f"{name}.jsonl"), "flush_interval_s": 0},
-        "state": state,
-    })
-    data["routes"] = [{"match": "/api/echo/**", "access": "user"}, *data["routes"]]
-    path = directory / f"{name}.toml"
-    path.write_text(to_toml(data))
-    return path
-
-
-class GatewayProcess(ServerProcess):
-    """``python -m gateway serve --config C --port P [--workers N]``, with its audit file."""
-
-    def __init__(self, config: Path, *, workers: int = 1, env: dict[str, str] | None = None
-                 ) -> None:
-        args = ["serve", "--config", str(config)]
-        if workers > 1:
-            args += ["--workers", str(workers)]
-        port = free_port()
-        super().__init__(python_module("gateway", *args, "--port", str(port)), port, env=env)
-        self.config = config
-        self.audit_path = Path(tomllib.loads(config.read_text())["audit"]["sink"])
-
-    def start(self, timeout: float = STARTUP_S) -> GatewayProcess:
-        super().start(timeout)
-        return self
-
-    def events(self, name: str | None = None) -> list[dict[str, Any]]:
-        if not self.audit_path.exists():
-            return []
-        events = [json.loads(line) for line in self.audit_path.read_text().splitlines()
-                  if line.strip()]
-        return [e for e in events if name is None or e["event"] == name]
-
-
-def start_all(processes: Sequence[GatewayProcess]) -> list[GatewayProcess]:
-    """Start processes in parallel (each start polls until its health endpoint answers)."""
-    with ThreadPoolExecutor(len(processes)) as pool:
-        futures = [pool.submit(p.start) for p in processes]
-        errors = [f.exception() for f in futures]
-    if any(errors):
-        for p in processes:
-            p.stop()
-        raise next(e for e in errors if e is not None)
-    return list(processes)
-
-
-@contextlib.contextmanager
-def cluster(directory: Path, backend: Backend, state: dict[str, Any], *, replicas: int = REPLICAS,
-            workers: int = 1, name: str = "gw") -> Iterator[list[GatewayProcess]]:
-    """``replicas`` gateway processes on their own ports, each with its own audit file."""
-    processes = [
-        GatewayProcess(write_config(directory, f"{name}-{i}", backend, state), workers=workers,
-                       env={"GATEWAY_STATE_KEY": STATE_KEY})
-        for i in range(replicas)
-    ]
-    start_all(processes)
-    try:
-        yield processes
-    finally:
-        for p in processes:
-            p.stop()
-
-
-def redis_state(server: RedisServer) -> dict[str, Any]:
-    return {"backend": "redis", "redis_url": server.url}
-
-
-MEMORY_STATE: dict[str, Any] = {"backend": "memory"}
 
 
 @pytest.fixture(autouse=True)
@@ -160,69 +94,6 @@ def memory_replicas(backend: Backend, tmp_path_factory: pytest.TempPathFactory
 # -- clients and answers -------------------------------------------------------------------------
 
 
-def client(url: str, connections: int = 100) -> httpx.AsyncClient:
-    """A client that never keeps cookies: every request states exactly what it sends."""
-    jar = CookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
-    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
-    return httpx.AsyncClient(base_url=url, cookies=jar, limits=limits, timeout=30)
-
-
-@contextlib.asynccontextmanager
-async def clients(processes: Sequence[GatewayProcess], connections: int = 100
-                  ) -> AsyncIterator[list[httpx.AsyncClient]]:
-    async with contextlib.AsyncExitStack() as stack:
-        yield [await stack.enter_async_context(client(p.url, connections)) for p in processes]
-
-
-def set_cookies(response: httpx.Response) -> dict[str, str]:
-    found: dict[str, str] = {}
-    for header in response.headers.get_list("set-cookie"):
-        found[header.split("=", 1)[0].strip()] = header
-    return found
-
-
-def cookie_value(header: str) -> str:
-    return header.split(";", 1)[0].split("=", 1)[1]
-
-
-def cleared(response: httpx.Response) -> bool:
-    return any("max-age=0" in h.lower() for h in response.headers.get_list("set-cookie"))
-
-
-def upstream_saw(response: httpx.Response) -> dict[str, list[str]]:
-    seen: dict[str, list[str]] = {}
-    for name, value in response.json()["headers"]:
-        seen.setdefault(name.lower(), []).append(value)
-    return seen
-
-
-def delta(before: dict[str, Any], after: dict[str, Any], key: str) -> int:
-    if key in ("refresh_ok", "refresh_rejected"):
-        return int(after[key]) - int(before[key])
-    return int(after["calls"][key]) - int(before["calls"][key])
-
-
-def fp(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()[:12]
-
-
-def report(line: str) -> None:
-    print(f"\nREPORT {line}")
-
-
-async def expired_session(backend: Backend) -> str:
-    """An access token the backend issued with a 1 s lifetime, now expired but refreshable
-    (the next-api-layer flow: the expired access token is the refresh credential). Tokens the
-    backend issues afterwards (the refreshed ones) live the usual 15 minutes."""
-    backend.configure(access_ttl_s=1)
-    try:
-        access = backend.login()["accessToken"]
-    finally:
-        backend.configure(access_ttl_s=900)
-    await asyncio.sleep(1.3)
-    return access
-
-
 # -- 1. one refresh for 200 concurrent requests on 4 processes -----------------------------------
 
 
@@ -248,7 +119,8 @@ async def refresh_storm(backend: Backend, urls: Sequence[str], total: int) -> St
     before = backend.stats()
     headers = {"cookie": f"{ACCESS}={access}", "accept": "application/json"}
     async with contextlib.AsyncExitStack() as stack:
-        cs = [await stack.enter_async_context(client(u, total)) for u in urls]
+        cs = [await stack.enter_async_context(
+                  cookieless_client(u, connections=total, timeout=30)) for u in urls]
         responses = await asyncio.gather(
             *(cs[i % len(cs)].get("/api/echo", headers=headers) for i in range(total)))
     after = backend.stats()
@@ -259,7 +131,7 @@ async def refresh_storm(backend: Backend, urls: Sequence[str], total: int) -> St
         refreshes=delta(before, after, "refresh"),
         refresh_ok=delta(before, after, "refresh_ok"),
         refresh_rejected=delta(before, after, "refresh_rejected"),
-        cleared=sum(cleared(r) for r in responses),
+        cleared=sum(clears_any(r) for r in responses),
         new_tokens=new_tokens,
         responses=responses,
     )
@@ -385,7 +257,7 @@ async def test_stale_tab_on_another_replica_gets_grace(redis_replicas: list[Gate
         assert response.status_code == 200, response.text
         assert response.headers.get_list("x-refreshed-token") == [new]
         assert cookie_value(set_cookies(response)[ACCESS]) == new
-        assert not cleared(response)
+        assert not clears_any(response)
         seen = upstream_saw(response)
         assert seen["authorization"] == [f"Bearer {new}"]
         assert seen["x-refreshed-token"] == [new]
@@ -399,21 +271,11 @@ async def test_memory_stale_tab_on_another_replica(memory_replicas: list[Gateway
     _, stale, refreshes = await stale_tab(backend, memory_replicas)
     report(f"3 memory: stale credential on {len(stale)} other replicas: statuses="
            f"{[r.status_code for r in stale]} extra backend refreshes={refreshes} "
-           f"cleared={sum(cleared(r) for r in stale)}")
+           f"cleared={sum(clears_any(r) for r in stale)}")
     assert refreshes >= 1
 
 
 # -- 4. Redis lost mid-run, then back --------------------------------------------------------------
-
-
-async def wait_ready(url: str, status: int, timeout: float) -> int:
-    deadline = time.monotonic() + timeout
-    async with client(url) as c:
-        while True:
-            answer = (await c.get("/__gateway/ready")).status_code
-            if answer == status or time.monotonic() > deadline:
-                return answer
-            await asyncio.sleep(0.1)
 
 
 async def test_redis_outage_degrades_and_recovers(backend: Backend, tmp_path: Path) -> None:

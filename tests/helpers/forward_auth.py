@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -22,7 +21,7 @@ from typing import Any
 import httpx
 
 from tests.conftest import RunningGateway, StartGateway
-from tests.servers import free_port
+from tests.servers import free_port, stop_process
 
 CONFIGS = Path(__file__).resolve().parents[2] / "config" / "forward-auth"
 EXAMPLE_PROXY = "127.0.0.1:8000"
@@ -100,12 +99,7 @@ class ProxyProcess:
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return
-        self.proc.send_signal(signal.SIGTERM)  # nginx: fast shutdown; Caddy: graceful stop
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc)  # SIGTERM: nginx's fast shutdown, Caddy's graceful stop
 
     def client(self, **kwargs: Any) -> httpx.AsyncClient:
         kwargs.setdefault("timeout", 30)
