@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,16 @@ def _lines(path: Path) -> list[dict[str, Any]]:
 
 
 def _by_request_id(path: Path, request_id: str) -> dict[str, Any]:
-    [line] = [line for line in _lines(path) if line["request_id"] == request_id]
+    """The request's one line. It is written when the request's handling ends, which, for the
+    last request of a test, can be a moment after the client has its whole answer: waited for
+    (bounded), never assumed."""
+    deadline = time.monotonic() + 10
+    while True:
+        found = [line for line in _lines(path) if line["request_id"] == request_id]
+        if found or time.monotonic() > deadline:
+            break
+        time.sleep(0.01)
+    [line] = found
     assert list(line) == FIELDS
     assert TIMESTAMP.fullmatch(line["timestamp"]), line
     assert line["client_ip"] == "127.0.0.1"
