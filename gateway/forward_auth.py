@@ -18,12 +18,10 @@ from urllib.parse import urlsplit
 from gateway.accesslog import current_request
 from gateway.cors import is_preflight
 from gateway.handler import (
-    INTERNAL_ERROR,
     HTTPHandler,
     Outcome,
     Reply,
     identity_headers,
-    log_unexpected,
 )
 from gateway.paths import EncodedSeparator, InvalidPath, read_path
 from gateway.request import Request, TrustedProxies
@@ -170,10 +168,7 @@ class ForwardAuth:
         try:
             await self._serve(request, reply)
         except Exception as exc:
-            log_unexpected(exc, request.request_id)
-            if reply.started:
-                raise
-            await INTERNAL_ERROR.send(reply, head=scope["method"] == "HEAD")
+            await reply.failed(exc, request.request_id, head=scope["method"] == "HEAD")
 
     async def _serve(self, request: Request, send: Send) -> None:
         scope = request.scope

@@ -154,6 +154,15 @@ class Reply:
             self.started = True
         await self._send(message)
 
+    async def failed(self, exc: Exception, request_id: str, *, head: bool) -> None:
+        """The catch-all's answer to an error nobody foresaw: logged (:func:`log_unexpected`),
+        then a JSON 500 if nothing was sent yet; after that, too late for an answer: the error
+        goes on and the server cuts the response short."""
+        log_unexpected(exc, request_id)
+        if self.started:
+            raise exc
+        await INTERNAL_ERROR.send(self, head=head)
+
 
 def log_unexpected(exc: Exception, request_id: str) -> None:
     """An unexpected error, logged without its message: a message may quote a token or a
@@ -257,10 +266,7 @@ class HTTPHandler:
             await self._serve(request, receive, reply, record,
                               forward or self._upstream.forward)
         except Exception as exc:
-            log_unexpected(exc, request.request_id)
-            if reply.started:  # too late for an answer: the server cuts the response short
-                raise
-            await INTERNAL_ERROR.send(reply, head=request.method == "HEAD")
+            await reply.failed(exc, request.request_id, head=request.method == "HEAD")
 
     async def _serve(self, request: Request, receive: Receive, send: Send,
                      record: RequestRecord, forward: Forward) -> None:
@@ -318,7 +324,7 @@ class HTTPHandler:
         headers = request.headers
         if ((request.method not in SAFE_METHODS or request.scope["type"] == "websocket")
                 and request.has_cookies and self._own_cookies.present(headers)
-                and not has_token_header(headers, self._schemes)):
+                and not has_token_header(request.authorizations, self._schemes)):
             refusal = self._cross_site(request)
             if refusal is not None:
                 return refusal

@@ -21,7 +21,7 @@ from yarl import URL
 from gateway.accesslog import current_request
 from gateway.metrics import AuthEndpoint, CallOutcome, Metrics, call_outcome
 from gateway.owncookies import OwnCookies, without_set_cookies
-from gateway.request import Request, TrustedProxies
+from gateway.request import Request, TrustedProxies, connection_listed
 from gateway.responses import send_error
 from gateway.settings import UpstreamSettings
 from gateway.types import Headers, Receive, Send
@@ -87,14 +87,6 @@ def _underscored_spoof(name: bytes) -> bool:
     return folded in _FORWARDED or folded in _PROXY_SET or folded in _GATEWAY_OWNED
 
 
-def _connection_listed(headers: Iterable[tuple[bytes, bytes]]) -> set[bytes]:
-    listed: set[bytes] = set()
-    for name, value in headers:
-        if name.lower() == b"connection":
-            listed.update(v.strip().lower() for v in value.split(b",") if v.strip())
-    return listed
-
-
 class InvalidHeader(ValueError):
     """A request header the upstream cannot be sent as received (bytes that are not UTF-8)."""
 
@@ -118,7 +110,7 @@ def upstream_headers(request: Request, *, own_cookies: OwnCookies | None, token:
     :class:`InvalidHeader` (the caller answers 400) rather than reaching the upstream
     altered."""
     listed = request.connection_listed
-    peer_trusted = request.peer in request.trusted
+    peer_trusted = request.peer_trusted
     kept: list[tuple[str, str]] = []
     host = b""
     prior_for = b""
@@ -181,7 +173,7 @@ def response_headers(raw: Iterable[tuple[bytes, bytes]],
     ``drop_cookies`` (the gateway's own: gateway/owncookies.py); each ``Set-Cookie`` stays
     its own header."""
     raw = list(raw)
-    listed = _connection_listed(raw)
+    listed = connection_listed(v for n, v in raw if n.lower() == b"connection")
     out: list[tuple[bytes, bytes]] = []
     for name, value in raw:
         lower = name.lower()
@@ -253,6 +245,19 @@ async def _send_too_large(send: Send, own: list[tuple[bytes, bytes]], head: bool
                      [*own, (b"connection", b"close")], head=head)
 
 
+async def _acquire_within(slots: asyncio.Semaphore, timeout: float) -> bool:
+    """A slot of ``slots``, waited for up to ``timeout`` (False then); at once when one is
+    free, without a timer."""
+    if not slots.locked():
+        await slots.acquire()
+        return True
+    try:
+        await asyncio.wait_for(slots.acquire(), timeout)
+    except TimeoutError:
+        return False
+    return True
+
+
 async def _wait_for_disconnect(receive: Receive) -> None:
     while (await receive())["type"] != "http.disconnect":
         pass
@@ -278,18 +283,14 @@ class _ClientSlots:
             entry = self._clients[client] = (asyncio.Semaphore(self._bound), [0])
         slots, users = entry
         users[0] += 1
-        if not slots.locked():
-            await slots.acquire()
-            return True
         try:
-            await asyncio.wait_for(slots.acquire(), timeout)
-        except TimeoutError:
-            self._leave(client, users)
-            return False
+            acquired = await _acquire_within(slots, timeout)
         except BaseException:  # cancelled while waiting: the client went away
             self._leave(client, users)
             raise
-        return True
+        if not acquired:
+            self._leave(client, users)
+        return acquired
 
     def release(self, client: str) -> None:
         if not self._bound:
@@ -348,17 +349,6 @@ class Upstream:
                 lambda m: b"%%%02X" % m.group(0)[0], query).decode("ascii")
         return URL(target, encoded=True)
 
-    async def _acquire(self) -> bool:
-        assert self._slots is not None, "Upstream.start() was not awaited"
-        if not self._slots.locked():
-            await self._slots.acquire()
-            return True
-        try:
-            await asyncio.wait_for(self._slots.acquire(), self._settings.connect_timeout_s)
-        except TimeoutError:
-            return False
-        return True
-
     async def forward(
         self,
         request: Request,
@@ -397,6 +387,8 @@ class Upstream:
                 return
             except (ClientDisconnect, _BodyMismatch):
                 return
+        assert self._session is not None and self._slots is not None, (
+            "Upstream.start() was not awaited")
         client = request.client_ip
         if not await self._per_client.acquire(client, self._settings.connect_timeout_s):
             await send_error(send, 429, "too_many_connections",
@@ -405,7 +397,7 @@ class Upstream:
                              [*own, (b"retry-after", b"1")], head=head)
             return
         try:
-            pooled = await self._acquire()
+            pooled = await _acquire_within(self._slots, self._settings.connect_timeout_s)
         except BaseException:  # cancelled while waiting: the client went away
             self._per_client.release(client)
             raise
@@ -415,7 +407,6 @@ class Upstream:
                              "The upstream connection pool is exhausted; try again shortly.",
                              [*own, (b"retry-after", b"1")], head=head)
             return
-        assert self._session is not None and self._slots is not None
         if self._metrics is not None:
             self._metrics.upstream_in_use.inc()
         try:

@@ -51,6 +51,13 @@ class TrustedProxies:
         return hops[0] if hops else peer
 
 
+def connection_listed(values: Iterable[bytes]) -> frozenset[bytes]:
+    """The header names ``Connection`` header values list (lower-cased): hop-by-hop headers
+    of that one connection, never passed on, in either direction."""
+    return frozenset(name.strip().lower() for value in values for name in value.split(b",")
+                     if name.strip())
+
+
 def _raw_path(scope: Scope) -> bytes:
     raw: bytes | None = scope.get("raw_path")
     if raw is not None:
@@ -72,18 +79,17 @@ class Request:
         "client_ip",
         "connection_listed",
         "content_length",
-        "forwarded_for",
         "headers",
         "method",
         "origin",
         "path",
         "peer",
+        "peer_trusted",
         "query",
         "raw_path",
         "request_id",
         "scope",
         "sec_fetch_site",
-        "trusted",
     )
 
     def __init__(self, scope: Scope, trusted: TrustedProxies) -> None:
@@ -102,7 +108,7 @@ class Request:
         lengths: list[bytes] = []
         chunked = False
         cookies: list[bytes] = []
-        listed: set[bytes] = set()
+        listed: list[bytes] = []
         for name, value in headers:
             if name == b"cookie":
                 cookies.append(value)
@@ -125,20 +131,20 @@ class Request:
                 if request_id is None:
                     request_id = value
             elif name == b"connection":
-                listed.update(v.strip().lower() for v in value.split(b",") if v.strip())
+                listed.append(value)
         self.request_id = (request_id.decode("ascii")
                            if request_id is not None and _REQUEST_ID.fullmatch(request_id)
                            else new_request_id())
         client = scope.get("client")
         self.peer: str = client[0] if client else ""
-        self.trusted = trusted
+        # Whether the peer's X-Forwarded-* are believed (decided once, used when forwarding).
+        self.peer_trusted = self.peer in trusted
         self.client_ip = trusted.client_ip(self.peer, forwarded_for)
         # Headers the client's ``Connection`` names: hop-by-hop, never forwarded.
-        self.connection_listed: frozenset[bytes] = frozenset(listed)
+        self.connection_listed = connection_listed(listed)
         self.authorizations = authorizations
         self.origin = origin
         self.sec_fetch_site = site
-        self.forwarded_for = forwarded_for
         self.chunked = chunked
         # The body length the client announced, if its framing is unambiguous: exactly one
         # Content-Length of digits and no Transfer-Encoding (with both, the server framed the

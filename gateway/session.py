@@ -94,8 +94,7 @@ class Sessions:
             return await self._guest_cookie(session, request)
         return session
 
-    async def _guest_cookie(self, session: Session, request: Request
-                            ) -> Session:
+    async def _guest_cookie(self, session: Session, request: Request) -> Session:
         """A dead user token shadows the guest cookie (3.1's order): once it is known to be
         dead, a valid guest cookie is still the visitor's, to be reused rather than replaced
         on every request."""
@@ -114,7 +113,7 @@ class Sessions:
             found = request.token(self._cookie_settings, self._schemes)
         except MalformedToken:
             return None
-        return token_fp(found.value) if found is not None else None
+        return found.fp if found is not None else None
 
     def _credential(self, found: FoundToken | None, request: Request) -> str | None:
         if self._refresher.uses_refresh_token:
@@ -190,7 +189,7 @@ class Sessions:
                 return current
             # token_fp is the refresh credential's; access_token_fp (when it differs) lets a
             # reader find who this was from earlier events of that access token (docs/audit.md).
-            access_fp = token_fp(found.value) if found is not None else None
+            access_fp = found.fp if found is not None else None
             self._audit.emit("auth.session_cleared", **request.fields(), outcome="cleared",
                              reason="refresh_rejected", token_fp=old_fp,
                              access_token_fp=access_fp if access_fp != old_fp else None)

@@ -130,14 +130,13 @@ def token_schemes(scheme: str) -> frozenset[str]:
 _BEARER_ONLY = token_schemes("Bearer")
 
 
-def has_token_header(headers: Headers, schemes: frozenset[str]) -> bool:
-    """Whether an ``Authorization`` header uses a token scheme: then the token comes from
-    there, never from a cookie (:func:`find_token`)."""
-    for name, value in headers:
-        if name == b"authorization":
-            scheme = value.strip().partition(b" ")[0].decode("latin-1").lower()
-            if scheme in schemes:
-                return True
+def has_token_header(authorizations: Iterable[bytes], schemes: frozenset[str]) -> bool:
+    """Whether an ``Authorization`` header (its values: ``authorizations``) uses a token
+    scheme: then the token comes from there, never from a cookie (:func:`find_token`)."""
+    for value in authorizations:
+        scheme = value.strip().partition(b" ")[0].decode("latin-1").lower()
+        if scheme in schemes:
+            return True
     return False
 
 

@@ -113,7 +113,7 @@ def test_other_schemes_are_not_tokens(value: str) -> None:
     assert find_token([auth(value)], COOKIES) is None
     assert find_token([auth(value), cookie("userToken=u")], COOKIES) == FoundToken(
         "u", "cookie")
-    assert not has_token_header([auth(value)], token_schemes("Bearer"))
+    assert not has_token_header([auth(value)[1]], token_schemes("Bearer"))
 
 
 def test_surrounding_whitespace_is_tolerated() -> None:
